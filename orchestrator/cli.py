@@ -1,0 +1,158 @@
+"""`minutereel` command line: render, plan, presets. The only place that reads the environment."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from actors.config import ParallelConfig
+from orchestrator.config import EngineConfig
+from orchestrator.request import RenderRequest
+from pipeline.config import ModelConfig, StitchConfig, default_cache_dir
+
+logger = logging.getLogger("minutereel")
+
+
+def _add_request_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prompt", required=True, help="text prompt")
+    parser.add_argument("--image", help="image file to use as the first keyframe")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of video (default 60)")
+    parser.add_argument("--fps", type=int, default=16, help="frames per second (default 16)")
+    parser.add_argument("--width", type=int, help="pixels (default: the preset's)")
+    parser.add_argument("--height", type=int, help="pixels (default: the preset's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preset", default="tiny", help="model preset (default tiny)")
+    parser.add_argument("--mode", choices=["chain", "keyframes", "bridge"],
+                        help="continuity mode (default: chain with one worker, bridge with more)")
+    parser.add_argument("--overlap", type=int, default=8, help="frames shared by neighbouring segments")
+    parser.add_argument("--segment-frames", type=int, help="longest segment (default: the preset's maximum)")
+    parser.add_argument("--steps", type=int, help="denoising steps (default: the preset's)")
+    parser.add_argument("--guidance", type=float, help="guidance scale (default: the preset's)")
+    parser.add_argument("--workers", type=int, help="shard groups (default: as many as the cluster fits)")
+    parser.add_argument("--sp-degree", type=int, default=1, help="ranks per group (sequence parallelism)")
+
+
+def _request(args: argparse.Namespace) -> RenderRequest:
+    return RenderRequest(
+        prompt=args.prompt, image=args.image, duration_s=args.duration, fps=args.fps, width=args.width,
+        height=args.height, seed=args.seed, preset=args.preset, mode=args.mode, overlap_frames=args.overlap,
+        segment_frames=args.segment_frames, steps=args.steps, guidance=args.guidance,
+    )
+
+
+def _engine_config(args: argparse.Namespace) -> EngineConfig:
+    cache = os.environ.get("MINUTEREEL_CACHE")
+    return EngineConfig(
+        model=ModelConfig(preset=args.preset, quantize=args.quantize,
+                          cache_dir=Path(cache) if cache else default_cache_dir()),
+        parallel=ParallelConfig(workers=args.workers, sp_degree=args.sp_degree),
+        stitch=StitchConfig(curve=args.blend, crf=args.crf, codec=args.codec),
+        ray_address=os.environ.get("RAY_ADDRESS") or None,
+    )
+
+
+def _render(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from orchestrator.engine import RenderEngine
+
+    request, config = _request(args), _engine_config(args)
+    engine = RenderEngine(config)
+    try:
+        plan = engine.plan(request)
+        bar = tqdm(total=len(plan.keyframes) + len(plan.segments), unit="task", desc=f"render ({plan.mode})")
+
+        def show(progress):
+            bar.n = progress.keyframes_done + progress.segments_done
+            bar.set_postfix_str(
+                f"keyframes {progress.keyframes_done}/{progress.keyframes_total} "
+                f"segments {progress.segments_done}/{progress.segments_total} "
+                f"frames {progress.frames_written}/{progress.frames_total}"
+            )
+
+        result = engine.render(request, Path(args.out), on_progress=show)
+        bar.close()
+    finally:
+        engine.shutdown()
+    print(f"wrote {result.path}: {plan.total_frames} frames, {plan.width}x{plan.height} at {plan.fps} fps, "
+          f"{len(plan.segments)} segments ({plan.mode}, {engine.pool.size} worker(s)) in {result.seconds:.1f}s")
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from orchestrator.planner import default_mode, plan_render
+    from pipeline.presets import load_preset
+
+    request = _request(args)
+    preset = load_preset(request.preset)
+    if request.mode is None:
+        request = request.model_copy(update={"mode": default_mode(preset, args.workers or os.cpu_count() or 1)})
+    plan = plan_render(request, preset)
+    if args.json:
+        print(plan.model_dump_json(indent=2))
+    else:
+        print(f"{plan.mode}: {plan.total_frames} frames at {plan.fps} fps, {plan.width}x{plan.height}, "
+              f"{len(plan.keyframes)} keyframes, {len(plan.segments)} segments in {plan.waves} wave(s)")
+        for s in plan.segments:
+            last = f" last={s.last.source}{s.last.index}@{s.last.frame}" if s.last else ""
+            print(f"  segment {s.index}: frames {s.start_frame}-{s.end_frame - 1} wave {s.wave} "
+                  f"first={s.first.source}{s.first.index}@{s.first.frame}{last}")
+    return 0
+
+
+def _presets(args: argparse.Namespace) -> int:
+    from pipeline.presets import load_preset, preset_names
+
+    for name in preset_names():
+        p = load_preset(name)
+        print(f"{p.name}: modes {', '.join(p.modes)}; {p.native_fps} fps; frames % {p.frame_modulus} == "
+              f"{p.frame_remainder}, at most {p.max_frames}; default {p.default_width}x{p.default_height}. "
+              f"{p.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minutereel", description="Render minute-long video on a Ray cluster.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    render = commands.add_parser("render", help="render a video to an MP4")
+    _add_request_flags(render)
+    render.add_argument("--out", required=True, help="output MP4 path")
+    render.add_argument("--quantize", choices=["none", "int8"], default="none", help="weight quantization")
+    render.add_argument("--blend", choices=["linear", "cosine"], default="linear", help="crossfade curve")
+    render.add_argument("--crf", type=int, default=18, help="x264 quality (lower is better)")
+    render.add_argument("--codec", default="libx264", help="ffmpeg encoder")
+    render.set_defaults(run=_render)
+
+    plan = commands.add_parser("plan", help="print the plan for a render without rendering")
+    _add_request_flags(plan)
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.set_defaults(run=_plan)
+
+    presets = commands.add_parser("presets", help="list model presets")
+    presets.set_defaults(run=_presets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return args.run(args)
+    except ValidationError as err:
+        details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        print(f"minutereel: invalid request: {details}", file=sys.stderr)
+    except ValueError as err:
+        print(f"minutereel: {err}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

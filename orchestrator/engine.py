@@ -1,0 +1,82 @@
+"""RenderEngine: a Ray connection and a worker pool that render many requests, one plan at a time."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+
+from actors.pool import WorkerPool
+from orchestrator.config import EngineConfig
+from orchestrator.plan import RenderPlan
+from orchestrator.planner import default_mode, plan_render
+from orchestrator.request import RenderRequest
+from orchestrator.scheduler import PlanRun, Progress
+from pipeline.presets import load_preset
+from pipeline.stitch import OverlapStitcher
+from pipeline.tiny import ensure_tiny_checkpoints
+from pipeline.video_io import VideoWriter
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    """A finished render: the file, the plan it followed, and the wall time in seconds."""
+
+    path: Path
+    plan: RenderPlan
+    progress: Progress
+    seconds: float
+
+
+def connect_ray(address: str | None) -> None:
+    """Attach to `address`, or start a local cluster with one CPU slot per core. No-op if connected."""
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
+
+
+class RenderEngine:
+    """Holds a started WorkerPool for one preset; `render` runs requests on it."""
+
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.preset = load_preset(config.model.preset)
+        if self.preset.i2v_model.startswith("embedded://"):
+            ensure_tiny_checkpoints(config.model.cache_dir)  # once here, not raced by every rank
+        connect_ray(config.ray_address)
+        self.pool = WorkerPool(config.model, config.parallel)
+
+    def resolve(self, request: RenderRequest) -> RenderRequest:
+        """The request with engine defaults filled in (mode from the pool size)."""
+        if request.preset != self.preset.name:
+            raise ValueError(f"preset {request.preset!r} is not loaded by this engine (it holds {self.preset.name!r})")
+        if request.mode is None:
+            request = request.model_copy(update={"mode": default_mode(self.preset, self.pool.size)})
+        return request
+
+    def plan(self, request: RenderRequest) -> RenderPlan:
+        return plan_render(self.resolve(request), self.preset)
+
+    def render(self, request: RenderRequest, out: Path,
+               on_progress: Callable[[Progress], None] = lambda progress: None) -> RenderResult:
+        """Render `request` to the MP4 at `out` (written as out.partial, renamed when complete)."""
+        started = time.perf_counter()
+        plan = self.plan(request)
+        stitch = self.config.stitch
+        with VideoWriter(out, plan.width, plan.height, plan.fps, codec=stitch.codec, crf=stitch.crf) as writer:
+            run = PlanRun(plan, self.pool, writer, OverlapStitcher(stitch.curve), on_progress)
+            progress = run.run()
+        return RenderResult(Path(out), plan, progress, time.perf_counter() - started)
+
+    def shutdown(self) -> None:
+        self.pool.shutdown()

@@ -1,0 +1,136 @@
+"""The planner: a pure function from (request, preset) to a RenderPlan. No Ray, no torch.
+
+Segment lengths obey the preset's frame rule (Wan: num_frames % 4 == 1) and maximum. In `chain`
+`bridge` neighbours share `overlap_frames` frames (crossfaded); in `keyframes` they share exactly one,
+the keyframe. When the frame rule cannot fit the video exactly, the last segment runs up to
+`frame_modulus - 1` frames past the end and the stitcher drops them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from orchestrator.plan import FrameRef, KeyframeSpec, RenderPlan, SegmentSpec
+from orchestrator.request import RenderRequest
+from pipeline.presets import Preset
+
+
+def derive_seed(request_seed: int, kind: str, index: int) -> int:
+    """Seed of one keyframe or segment, from (request seed, kind, index) only."""
+    digest = hashlib.sha256(f"{request_seed}:{kind}:{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def _even_split(total: int, parts: int) -> list[int]:
+    base, rem = divmod(total, parts)
+    return [base + (i < rem) for i in range(parts)]
+
+
+def fit_segments(total: int, overlap: int, max_len: int, preset: Preset) -> list[int]:
+    """Segment lengths for `total` frames with `overlap` frames shared at every seam.
+
+    Fewest segments first, lengths as even as possible. The frame rule may force the lengths to
+    cover up to `frame_modulus - 1` frames more than `total`; those trailing frames are dropped.
+    """
+    m, r = preset.frame_modulus, preset.frame_remainder
+    for n in range(1, total + 1):
+        need = total + (n - 1) * overlap
+        steps_total = max(0, -(-(need - n * r) // m))
+        lengths = [r + m * k for k in _even_split(steps_total, n)]
+        if max(lengths) > max_len:
+            continue
+        excess = sum(lengths) - (n - 1) * overlap - total
+        kept = [*lengths[:-1], lengths[-1] - excess]
+        shared = [overlap * ((i > 0) + (i < n - 1)) for i in range(n)]
+        if all(k > s for k, s in zip(kept, shared, strict=True)):
+            return lengths
+    raise ValueError(f"cannot split {total} frames into segments of at most {max_len} frames")
+
+
+def _check(request: RenderRequest, preset: Preset, mode: str, width: int, height: int, max_len: int) -> None:
+    if mode not in preset.modes:
+        raise ValueError(
+            f"mode {mode!r} needs a first-last-frame model; preset {preset.name!r} supports: {', '.join(preset.modes)}"
+        )
+    for name, value in (("width", width), ("height", height)):
+        if value % preset.spatial_multiple:
+            raise ValueError(
+                f"{name} {value} is not a multiple of {preset.spatial_multiple} (preset {preset.name!r}); "
+                f"try {round(value / preset.spatial_multiple) * preset.spatial_multiple or preset.spatial_multiple}"
+            )
+    if not preset.is_valid_length(max_len) or max_len > preset.max_frames:
+        raise ValueError(
+            f"segment_frames {max_len} must be at most {preset.max_frames} and satisfy "
+            f"num_frames % {preset.frame_modulus} == {preset.frame_remainder} (preset {preset.name!r})"
+        )
+    if request.total_frames < preset.min_frames:
+        raise ValueError(
+            f"duration_s {request.duration_s} at {request.fps} fps is {request.total_frames} frames; "
+            f"the shortest video is {preset.min_frames} frames"
+        )
+    if mode != "keyframes" and request.overlap_frames * 2 >= max_len:
+        raise ValueError(f"overlap_frames {request.overlap_frames} must be under half of segment_frames {max_len}")
+
+
+def plan_render(request: RenderRequest, preset: Preset) -> RenderPlan:
+    """Plan keyframes and segments for `request` (its mode must be set) on `preset`."""
+    mode = request.mode
+    if mode is None:
+        raise ValueError("mode is not set; choose chain, keyframes or bridge")
+    width = request.width or preset.default_width
+    height = request.height or preset.default_height
+    max_len = request.segment_frames or preset.max_frames
+    _check(request, preset, mode, width, height, max_len)
+
+    overlap = 1 if mode == "keyframes" else request.overlap_frames
+    lengths = fit_segments(request.total_frames, overlap, max_len, preset)
+    overlaps = [overlap] * (len(lengths) - 1)
+    starts = [0]
+    for length, shared in zip(lengths, overlaps, strict=False):
+        starts.append(starts[-1] + length - shared)
+
+    anchors = {"chain": [0], "keyframes": list(range(len(lengths) + 1)), "bridge": list(range(0, len(lengths), 2))}
+    keyframe_frames = [starts[i] if i < len(starts) else starts[-1] + lengths[-1] - 1 for i in anchors[mode]]
+    keyframes = [
+        KeyframeSpec(
+            index=k, frame=frame, prompt=request.prompt, seed=derive_seed(request.seed, "keyframe", k),
+            source="image" if (k == 0 and request.image) else "t2i", image=request.image if k == 0 else None,
+        )
+        for k, frame in enumerate(keyframe_frames)
+    ]
+    segments = []
+    for i, (start, length) in enumerate(zip(starts, lengths, strict=True)):
+        prev_overlap = overlaps[i - 1] if i > 0 else 0
+        next_overlap = overlaps[i] if i < len(overlaps) else 0
+        first, last, wave = _conditioning(mode, i, starts, lengths, overlaps)
+        segments.append(SegmentSpec(
+            index=i, start_frame=start, num_frames=length, overlap_prev=prev_overlap, overlap_next=next_overlap,
+            wave=wave, first=first, last=last, prompt=request.prompt, seed=derive_seed(request.seed, "segment", i),
+        ))
+    return RenderPlan(
+        preset=preset.name, mode=mode, width=width, height=height, fps=request.fps,
+        total_frames=request.total_frames, steps=request.steps or preset.steps,
+        guidance=preset.guidance if request.guidance is None else request.guidance,
+        keyframes=keyframes, segments=segments,
+    )
+
+
+def _conditioning(mode: str, i: int, starts: list[int], lengths: list[int],
+                  overlaps: list[int]) -> tuple[FrameRef, FrameRef | None, int]:
+    """(first, last, wave) of segment i."""
+    if mode == "chain":
+        first = FrameRef(source="keyframe", index=0) if i == 0 else \
+            FrameRef(source="segment", index=i - 1, frame=starts[i] - starts[i - 1])
+        return first, None, i
+    if mode == "keyframes":
+        return FrameRef(source="keyframe", index=i), FrameRef(source="keyframe", index=i + 1), 0
+    if i % 2 == 0:
+        return FrameRef(source="keyframe", index=i // 2), None, 0
+    first = FrameRef(source="segment", index=i - 1, frame=starts[i] - starts[i - 1])
+    last = FrameRef(source="segment", index=i + 1, frame=overlaps[i] - 1) if i + 1 < len(lengths) else None
+    return first, last, 1
+
+
+def default_mode(preset: Preset, workers: int) -> str:
+    """`bridge` when several workers can share the work and the preset can bridge, else `chain`."""
+    return "bridge" if workers > 1 and "bridge" in preset.modes else "chain"

@@ -1,0 +1,35 @@
+"""Configs for the pipeline layer: which model to load and how to stitch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def default_cache_dir() -> Path:
+    """Where embedded checkpoints are saved: ~/.cache/minutereel."""
+    return Path.home() / ".cache" / "minutereel"
+
+
+class ModelConfig(BaseModel):
+    """Which preset to load on every rank, and how."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    preset: str = Field("tiny", description="Preset name (configs/presets/NAME.yaml).")
+    quantize: Literal["none", "int8"] = Field(
+        "none", description="Weight quantization of the preset's listed components."
+    )
+    cache_dir: Path = Field(default_factory=default_cache_dir, description="Where embedded checkpoints are saved.")
+
+
+class StitchConfig(BaseModel):
+    """How segments become one video file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    curve: Literal["linear", "cosine"] = Field("linear", description="Crossfade curve over each overlap.")
+    codec: str = Field("libx264", description="ffmpeg video encoder.")
+    crf: int = Field(18, ge=0, le=51, description="Constant rate factor for x264/x265 (lower is better).")

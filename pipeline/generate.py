@@ -1,0 +1,110 @@
+"""Keyframe and segment generation on one rank: load a preset's pipelines, render frames.
+
+Frames cross process boundaries as uint8 arrays: keyframes (height, width, 3) and segments
+(num_frames, height, width, 3), RGB.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pipeline.config import ModelConfig
+from pipeline.presets import Preset, load_preset
+from pipeline.quantize import quantize_int8
+from pipeline.tiny import resolve_embedded
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class SegmentRequest:
+    """What one segment needs: its prompt, seed, length (frames) and size (pixels), and the frames
+    that condition its first and (optionally) last frame."""
+
+    prompt: str
+    seed: int
+    num_frames: int
+    width: int
+    height: int
+    first: np.ndarray
+    last: np.ndarray | None = None
+    steps: int | None = None
+    guidance: float | None = None
+
+
+def _resolve(model: str, cache_dir: Path) -> str:
+    return str(resolve_embedded(model, cache_dir)) if model.startswith("embedded://") else model
+
+
+def _to_uint8(frames: np.ndarray) -> np.ndarray:
+    return (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+class SegmentGenerator:
+    """A preset's I2V and T2I pipelines, loaded once on one device, rendering many requests."""
+
+    def __init__(self, config: ModelConfig, device: torch.device):
+        self.config = config
+        self.preset: Preset = load_preset(config.preset)
+        self.device = device
+        self.quantized: list[str] = []
+        self.i2v, self.t2i = self._load()
+
+    def _load(self):
+        import diffusers
+        import transformers
+
+        for library in (diffusers, transformers):
+            library.utils.logging.set_verbosity_error()
+            library.utils.logging.disable_progress_bar()
+
+        dtype = DTYPES[self.preset.dtype]
+        i2v_cls = getattr(diffusers, self.preset.i2v_pipeline)
+        t2i_cls = getattr(diffusers, self.preset.t2i_pipeline)
+        i2v = i2v_cls.from_pretrained(_resolve(self.preset.i2v_model, self.config.cache_dir), dtype=dtype)
+        if self.config.quantize == "int8":
+            self.quantized = quantize_int8(i2v, self.preset.quantize_components)
+        shared = {name: getattr(i2v, name) for name in self.preset.t2i_shares}
+        t2i = t2i_cls.from_pretrained(_resolve(self.preset.t2i_model, self.config.cache_dir), dtype=dtype, **shared)
+        if self.config.quantize == "int8":
+            quantize_int8(t2i, tuple(c for c in self.preset.quantize_components if c not in shared))
+        for pipe in (i2v, t2i):
+            pipe.to(self.device)
+            pipe.set_progress_bar_config(disable=True)
+        return i2v, t2i
+
+    def _generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(device="cpu").manual_seed(seed)
+
+    def keyframe(self, prompt: str, seed: int, width: int, height: int,
+                 steps: int | None = None, guidance: float | None = None) -> np.ndarray:
+        """Render one keyframe with the T2I pipeline: uint8 (height, width, 3)."""
+        out = self.t2i(
+            prompt=prompt, height=height, width=width, num_frames=1,
+            num_inference_steps=steps or self.preset.steps,
+            guidance_scale=self.preset.guidance if guidance is None else guidance,
+            generator=self._generator(seed), output_type="np",
+        ).frames[0]
+        return _to_uint8(out[0])
+
+    def segment(self, request: SegmentRequest) -> np.ndarray:
+        """Render one I2V segment: uint8 (num_frames, height, width, 3)."""
+        if request.last is not None and not self.preset.supports_last_frame:
+            raise ValueError(f"preset {self.preset.name!r} cannot condition on a last frame")
+        last = Image.fromarray(request.last) if request.last is not None else None
+        out = self.i2v(
+            image=Image.fromarray(request.first), last_image=last, prompt=request.prompt,
+            height=request.height, width=request.width, num_frames=request.num_frames,
+            num_inference_steps=request.steps or self.preset.steps,
+            guidance_scale=self.preset.guidance if request.guidance is None else request.guidance,
+            generator=self._generator(request.seed), output_type="np",
+        ).frames[0]
+        return _to_uint8(out)

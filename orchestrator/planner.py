@@ -63,13 +63,13 @@ def _check(request: RenderRequest, preset: Preset, mode: str, width: int, height
             f"segment_frames {max_len} must be at most {preset.max_frames} and satisfy "
             f"num_frames % {preset.frame_modulus} == {preset.frame_remainder} (preset {preset.name!r})"
         )
-    if request.total_frames < preset.min_frames:
+    if request.total_frames < 1:
+        raise ValueError(f"duration_s {request.duration_s} at {request.fps} fps is less than one frame")
+    if mode != "keyframes" and request.overlap_frames * 4 >= max_len:
+        # A middle segment shares frames at both ends; keep most of each segment new frames.
         raise ValueError(
-            f"duration_s {request.duration_s} at {request.fps} fps is {request.total_frames} frames; "
-            f"the shortest video is {preset.min_frames} frames"
+            f"overlap_frames {request.overlap_frames} must be under a quarter of segment_frames {max_len}"
         )
-    if mode != "keyframes" and request.overlap_frames * 2 >= max_len:
-        raise ValueError(f"overlap_frames {request.overlap_frames} must be under half of segment_frames {max_len}")
 
 
 def plan_render(request: RenderRequest, preset: Preset) -> RenderPlan:

@@ -60,11 +60,6 @@ class Preset(BaseModel):
         """Continuity modes this preset can render."""
         return ("chain", "keyframes", "bridge") if self.supports_last_frame else ("chain",)
 
-    @property
-    def min_frames(self) -> int:
-        """Shortest segment longer than one frame that obeys the frame rule."""
-        return next(n for n in range(2, self.max_frames + 1) if self.is_valid_length(n))
-
     def is_valid_length(self, num_frames: int) -> bool:
         return num_frames % self.frame_modulus == self.frame_remainder
 

@@ -2,9 +2,10 @@
 
 `ensure_tiny_checkpoints` builds them once, saves them with `save_pretrained` into the cache
 directory and returns the paths; everything else loads them with `from_pretrained`, exactly as it
-would load a hub checkpoint. Random-weight VAEs decode to flat grey, so the decoder's output
-convolution is re-initialised zero-mean with a gain: frames then show texture that changes from
-frame to frame, which lets tests see a dropped, reordered or wrongly blended frame.
+would load a hub checkpoint. Random-weight VAEs decode to flat grey, so the decoder's biases are
+zeroed and its output convolution re-initialised zero-mean with a gain: frames then show texture
+that follows the latents and changes from frame to frame, which lets tests see a dropped,
+reordered or wrongly blended frame.
 
 The I2V pipeline is laid out like Wan 2.2 I2V: no CLIP image encoder; the first (and optional
 last) frame condition the video through the VAE-encoded condition latents and mask channels, so
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 # Bump when the architecture or initialisation below changes: old caches are then ignored.
 TINY_VERSION = "v1"
 SEED = 20250211
-DECODER_GAIN = 8.0
+DECODER_GAIN = 1.5
 TEXT_DIM = 32
 
 
@@ -37,9 +38,13 @@ def _vae():
         base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
     )
     with torch.no_grad():
+        # Zero biases let the latent, not a fixed pattern, decide the picture; a zero-mean output
+        # convolution with a gain centres it on mid-grey with visible contrast.
+        for name, param in vae.decoder.named_parameters():
+            if name.endswith("bias"):
+                param.zero_()
         weight = vae.decoder.conv_out.weight
         weight.sub_(weight.mean(dim=(1, 2, 3, 4), keepdim=True)).mul_(DECODER_GAIN)
-        vae.decoder.conv_out.bias.zero_()
     return vae
 
 
@@ -48,7 +53,7 @@ def _text_encoder():
 
     config = UMT5Config(
         vocab_size=384, d_model=TEXT_DIM, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8,
+        relative_attention_num_buckets=8, dropout_rate=0.0,
     )
     return UMT5EncoderModel(config)
 
@@ -78,6 +83,8 @@ def build_tiny_pipelines():
     i2v = WanImageToVideoPipeline(
         **shared, transformer=i2v_transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0)
     )
+    for module in (vae, text_encoder, i2v_transformer, t2i_transformer):
+        module.eval()
     t2i = WanPipeline(**shared, transformer=t2i_transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0))
     return i2v, t2i
 
@@ -116,3 +123,13 @@ def resolve_embedded(model: str, cache_dir: Path) -> Path:
     if name != "tiny" or component not in ("i2v", "t2i"):
         raise ValueError(f"unknown embedded checkpoint {model!r}; known: embedded://tiny/i2v, embedded://tiny/t2i")
     return ensure_tiny_checkpoints(cache_dir) / component
+
+
+if __name__ == "__main__":
+    import argparse
+
+    from pipeline.config import default_cache_dir
+
+    parser = argparse.ArgumentParser(description="Build and save the embedded tiny checkpoints.")
+    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
+    print(ensure_tiny_checkpoints(parser.parse_args().cache_dir))

@@ -1,0 +1,102 @@
+"""Planner properties over durations, fps, overlaps and modes (hypothesis), and its errors."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from orchestrator.planner import default_mode, derive_seed, plan_render
+from orchestrator.request import RenderRequest
+from pipeline.presets import load_preset
+
+TINY = load_preset("tiny")
+
+
+def _plan(**fields):
+    return plan_render(RenderRequest(prompt="a fox", **fields), TINY)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    duration=st.floats(0.2, 120.0), fps=st.integers(8, 30), overlap=st.integers(1, 16),
+    mode=st.sampled_from(["chain", "keyframes", "bridge"]), max_len=st.sampled_from([33, 49, 81]),
+)
+def test_plan_covers_every_frame_with_valid_segments(duration, fps, overlap, mode, max_len):
+    if mode != "keyframes" and overlap * 4 >= max_len:
+        with pytest.raises(ValueError, match="under a quarter of segment_frames"):
+            _plan(duration_s=duration, fps=fps, overlap_frames=overlap, mode=mode, segment_frames=max_len)
+        return
+    plan = _plan(duration_s=duration, fps=fps, overlap_frames=overlap, mode=mode, segment_frames=max_len)
+    segments = plan.segments
+    assert plan.total_frames == round(duration * fps)
+    assert segments[0].start_frame == 0 and segments[0].overlap_prev == 0 and segments[-1].overlap_next == 0
+    assert 0 <= segments[-1].end_frame - plan.total_frames < TINY.frame_modulus
+    for s in segments:
+        assert s.num_frames % 4 == 1 and s.num_frames <= max_len
+    for left, right in zip(segments, segments[1:], strict=False):
+        shared = left.end_frame - right.start_frame
+        assert shared == left.overlap_next == right.overlap_prev
+        assert shared == (1 if mode == "keyframes" else overlap)
+        assert right.start_frame > left.start_frame + left.overlap_prev  # every segment adds frames
+    waves = {s.wave for s in segments}
+    if mode == "keyframes":
+        assert waves == {0}
+    if mode == "bridge":
+        assert waves <= {0, 1}
+    if mode == "chain":
+        assert [s.wave for s in segments] == list(range(len(segments)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(duration=st.floats(0.4, 90.0), mode=st.sampled_from(["chain", "keyframes", "bridge"]))
+def test_conditioning_frames_point_at_the_same_output_frame(duration, mode):
+    plan = _plan(duration_s=duration, mode=mode)
+    keyframe_at = {k.index: k.frame for k in plan.keyframes}
+    for s in plan.segments:
+        for ref, local in ((s.first, 0), (s.last, s.num_frames - 1)):
+            if ref is None:
+                continue
+            target = keyframe_at[ref.index] if ref.source == "keyframe" else \
+                plan.segments[ref.index].start_frame + ref.frame
+            assert target == s.start_frame + local
+            if ref.source == "segment":
+                assert plan.segments[ref.index].wave < s.wave
+
+
+def test_sixty_seconds_default_plan():
+    plan = _plan(mode="bridge")
+    assert (plan.total_frames, plan.fps, plan.width, plan.height) == (960, 16, 128, 128)
+    assert plan.waves == 2
+    assert len(plan.keyframes) == len([s for s in plan.segments if s.wave == 0])
+
+
+def test_seeds_derive_from_request_seed_kind_and_index():
+    a, b = _plan(mode="bridge", seed=1), _plan(mode="bridge", seed=2)
+    assert a == _plan(mode="bridge", seed=1)
+    assert [s.seed for s in a.segments] != [s.seed for s in b.segments]
+    assert a.segments[3].seed == derive_seed(1, "segment", 3)
+    assert len({s.seed for s in a.segments} | {k.seed for k in a.keyframes}) == len(a.segments) + len(a.keyframes)
+
+
+def test_default_mode_follows_workers():
+    assert default_mode(TINY, 1) == "chain"
+    assert default_mode(TINY, 2) == "bridge"
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"mode": "chain", "width": 100}, "width 100 is not a multiple of 16"),
+    ({"mode": "chain", "segment_frames": 50}, "segment_frames 50"),
+    ({"mode": "chain", "segment_frames": 85}, "at most 81"),
+    ({"mode": "chain", "overlap_frames": 21}, "overlap_frames 21"),
+    ({"mode": "chain", "duration_s": 0.01}, "less than one frame"),
+    ({}, "mode is not set"),
+])
+def test_bad_requests_name_the_field(fields, message):
+    with pytest.raises(ValueError, match=message):
+        _plan(**fields)
+
+
+@pytest.mark.parametrize("fields", [{"prompt": "  "}, {"duration_s": -1}, {"fps": 0}, {"mode": "zigzag"}])
+def test_request_validation(fields):
+    with pytest.raises(ValidationError):
+        RenderRequest(**{"prompt": "a fox", **fields})

@@ -1,0 +1,55 @@
+"""End to end through Ray actors: plan -> shard groups -> stitcher -> ffmpeg -> decoded MP4."""
+
+import numpy as np
+import pytest
+
+from actors.config import ParallelConfig
+from orchestrator.config import EngineConfig
+from orchestrator.request import RenderRequest
+from pipeline.config import ModelConfig
+from pipeline.video_io import read_video
+
+
+@pytest.fixture(scope="module")
+def engine(ray_cluster, tiny_cache):
+    from orchestrator.engine import RenderEngine
+
+    engine = RenderEngine(EngineConfig(model=ModelConfig(cache_dir=tiny_cache), parallel=ParallelConfig(workers=2)))
+    yield engine
+    engine.shutdown()
+
+
+def _variation(frames):
+    spatial = frames.reshape(len(frames), -1).astype(float).std(axis=1)
+    temporal = np.abs(np.diff(frames.astype(int), axis=0)).mean(axis=(1, 2, 3))
+    return spatial, temporal
+
+
+@pytest.mark.parametrize("mode", ["chain", "bridge", "keyframes"])
+def test_render_gives_exact_frames_rate_and_size(engine, tmp_path, mode):
+    events = []
+    result = engine.render(RenderRequest(prompt="a fox", duration_s=7.5, mode=mode), tmp_path / "out.mp4",
+                           on_progress=lambda p: events.append((p.keyframes_done, p.segments_done, p.frames_written)))
+    frames, info = read_video(result.path)
+    assert (info.frames, info.fps, info.width, info.height, info.codec) == (120, 16, 128, 128, "h264")
+    assert len(result.plan.segments) >= 2
+    assert events == sorted(events) and events[-1] == (len(result.plan.keyframes), len(result.plan.segments), 120)
+    spatial, temporal = _variation(frames)
+    assert spatial.min() > 10 and temporal.min() > 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
+
+
+def test_pool_loads_once_across_renders(engine, tmp_path):
+    for name in ("a", "b"):
+        engine.render(RenderRequest(prompt="a fox", duration_s=1.0, mode="chain"), tmp_path / f"{name}.mp4")
+    ranks = [rank for group in engine.pool.health() for rank in group["ranks"]]
+    assert len(ranks) == 2
+    assert {r["load_count"] for r in ranks} == {1}
+    assert all(r["device"] == "cpu" and r["cpus"] == 1 for r in ranks)
+    assert sum(r["segments_rendered"] for r in ranks) >= 2
+
+
+def test_bad_request_fails_before_any_file(engine, tmp_path):
+    with pytest.raises(ValueError, match="width 120"):
+        engine.render(RenderRequest(prompt="a fox", duration_s=1.0, width=120, mode="chain"), tmp_path / "x.mp4")
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,69 @@
+"""One minute of video in one minute: time the README's default render end to end.
+
+Runs `minutereel render` with every default (tiny preset, 60 s at 16 fps, local Ray cluster
+sized to the machine) in a fresh process, as a user would after setup, and reports wall time
+against the video's own duration (the real-time factor: below 1.0 is faster than real time).
+The CLI's own report splits the wall time into start-up (Ray, actors, model load) and render.
+
+    python -m bench.minute [--runs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+VIDEO_SECONDS = 60.0
+
+
+def _machine() -> dict:
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "torch": torch.__version__}
+
+
+def _render_once(out: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    command = [sys.executable, "-m", "orchestrator.cli", "render", "--prompt",
+               "a lighthouse on a cliff at dusk, waves rolling in", "--out", str(out)]
+    started = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"render failed:\n{done.stderr[-3000:]}")
+    render = float(re.search(r"in ([0-9.]+)s$", done.stdout.strip()).group(1))
+    return {"wall_s": round(wall, 2), "render_s": round(render, 2), "startup_s": round(wall - render, 2),
+            "realtime_factor": round(wall / VIDEO_SECONDS, 3), "report": done.stdout.strip()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = [_render_once(Path(tmp) / f"minute{i}.mp4") for i in range(args.runs)]
+    best = min(runs, key=lambda r: r["wall_s"])
+    print(f"{'run':>4} {'wall s':>8} {'startup s':>10} {'render s':>9} {'wall / 60 s of video':>22}")
+    for i, r in enumerate(runs):
+        print(f"{i:>4} {r['wall_s']:>8.1f} {r['startup_s']:>10.1f} {r['render_s']:>9.1f} {r['realtime_factor']:>22.3f}")
+    print(f"best: {best['wall_s']:.1f}s wall for {VIDEO_SECONDS:.0f}s of video "
+          f"(real-time factor {best['realtime_factor']:.3f}); {best['report']}")
+    RESULTS.mkdir(exist_ok=True)
+    record = {"benchmark": "minute", "command": "python -m bench.minute", "machine": _machine(), "runs": runs,
+              "best_wall_s": best["wall_s"], "video_s": VIDEO_SECONDS}
+    (RESULTS / "minute.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -12,14 +12,15 @@ from pydantic import ValidationError
 
 from actors.config import ParallelConfig
 from orchestrator.config import EngineConfig
-from orchestrator.request import RenderRequest
+from orchestrator.request import RenderRequest, load_storyboard
 from pipeline.config import ModelConfig, StitchConfig, default_cache_dir
 
 logger = logging.getLogger("minutereel")
 
 
 def _add_request_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--prompt", required=True, help="text prompt")
+    parser.add_argument("--prompt", help="text prompt (required unless --storyboard is given)")
+    parser.add_argument("--storyboard", help="YAML or JSON list of {at_s, prompt, image?}")
     parser.add_argument("--image", help="image file to use as the first keyframe")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of video (default 60)")
     parser.add_argument("--fps", type=int, default=16, help="frames per second (default 16)")
@@ -39,7 +40,8 @@ def _add_request_flags(parser: argparse.ArgumentParser) -> None:
 
 def _request(args: argparse.Namespace) -> RenderRequest:
     return RenderRequest(
-        prompt=args.prompt, image=args.image, duration_s=args.duration, fps=args.fps, width=args.width,
+        prompt=args.prompt, storyboard=load_storyboard(args.storyboard) if args.storyboard else [],
+        image=args.image, duration_s=args.duration, fps=args.fps, width=args.width,
         height=args.height, seed=args.seed, preset=args.preset, mode=args.mode, overlap_frames=args.overlap,
         segment_frames=args.segment_frames, steps=args.steps, guidance=args.guidance,
     )
@@ -101,7 +103,10 @@ def _plan(args: argparse.Namespace) -> int:
         for s in plan.segments:
             last = f" last={s.last.source}{s.last.index}@{s.last.frame}" if s.last else ""
             print(f"  segment {s.index}: frames {s.start_frame}-{s.end_frame - 1} wave {s.wave} "
-                  f"first={s.first.source}{s.first.index}@{s.first.frame}{last}")
+                  f"first={s.first.source}{s.first.index}@{s.first.frame}{last} prompt={s.prompt!r}")
+        for k in plan.keyframes:
+            print(f"  keyframe {k.index}: frame {k.frame} {k.source}{' ' + k.image if k.image else ''} "
+                  f"prompt={k.prompt!r}")
     return 0
 
 

@@ -91,10 +91,12 @@ def plan_render(request: RenderRequest, preset: Preset) -> RenderPlan:
 
     anchors = {"chain": [0], "keyframes": list(range(len(lengths) + 1)), "bridge": list(range(0, len(lengths), 2))}
     keyframe_frames = [starts[i] if i < len(starts) else starts[-1] + lengths[-1] - 1 for i in anchors[mode]]
+    images = _keyframe_images(request, keyframe_frames, max_len // 2)
     keyframes = [
         KeyframeSpec(
-            index=k, frame=frame, prompt=request.prompt, seed=derive_seed(request.seed, "keyframe", k),
-            source="image" if (k == 0 and request.image) else "t2i", image=request.image if k == 0 else None,
+            index=k, frame=frame, prompt=request.prompt_at(frame / request.fps),
+            seed=derive_seed(request.seed, "keyframe", k),
+            source="image" if k in images else "t2i", image=images.get(k),
         )
         for k, frame in enumerate(keyframe_frames)
     ]
@@ -105,7 +107,8 @@ def plan_render(request: RenderRequest, preset: Preset) -> RenderPlan:
         first, last, wave = _conditioning(mode, i, starts, lengths, overlaps)
         segments.append(SegmentSpec(
             index=i, start_frame=start, num_frames=length, overlap_prev=prev_overlap, overlap_next=next_overlap,
-            wave=wave, first=first, last=last, prompt=request.prompt, seed=derive_seed(request.seed, "segment", i),
+            wave=wave, first=first, last=last, prompt=request.prompt_at(start / request.fps),
+            seed=derive_seed(request.seed, "segment", i),
         ))
     return RenderPlan(
         preset=preset.name, mode=mode, width=width, height=height, fps=request.fps,
@@ -113,6 +116,31 @@ def plan_render(request: RenderRequest, preset: Preset) -> RenderPlan:
         guidance=preset.guidance if request.guidance is None else request.guidance,
         keyframes=keyframes, segments=segments,
     )
+
+
+def _keyframe_images(request: RenderRequest, keyframe_frames: list[int], reach: int) -> dict[int, str]:
+    """Keyframe index -> user image: `--image` is keyframe 0; a storyboard image goes to the
+    keyframe nearest its time, which must lie within `reach` frames."""
+    wanted = [("image", 0.0, request.image)] if request.image else []
+    wanted += [(f"storyboard[{i}]", e.at_s, e.image) for i, e in enumerate(request.storyboard) if e.image]
+    images: dict[int, str] = {}
+    owners: dict[int, str] = {}
+    for owner, at_s, image in wanted:
+        frame = round(at_s * request.fps)
+        k = min(range(len(keyframe_frames)), key=lambda j: abs(keyframe_frames[j] - frame))
+        if abs(keyframe_frames[k] - frame) > reach:
+            raise ValueError(
+                f"{owner} at {at_s} s has no keyframe near it in {request.mode} mode (keyframes at "
+                f"{', '.join(f'{f / request.fps:.2f}' for f in keyframe_frames)} s); move it to one of those times, "
+                "or use keyframes mode (a keyframe at every segment boundary) or a smaller --segment-frames"
+            )
+        if k in images:
+            raise ValueError(
+                f"{owners[k]} and {owner} both fall on keyframe {k} at {keyframe_frames[k] / request.fps:.2f} s; "
+                "give one image per keyframe"
+            )
+        images[k], owners[k] = image, owner
+    return images
 
 
 def _conditioning(mode: str, i: int, starts: list[int], lengths: list[int],

@@ -2,11 +2,40 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.presets import ContinuityMode
 
 MAX_DURATION_S = 3600.0
+
+
+class StoryboardEntry(BaseModel):
+    """From `at_s` on, segments use `prompt`; `image`, if given, is the keyframe nearest `at_s`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    at_s: float = Field(ge=0, description="Time in seconds from which this entry applies.")
+    prompt: str = Field(min_length=1, max_length=2000, description="Prompt from at_s on.")
+    image: str | None = Field(None, description="Image path used as the keyframe nearest at_s.")
+
+
+def load_storyboard(path: str | Path) -> list[StoryboardEntry]:
+    """Read a storyboard (YAML or JSON list of {at_s, prompt, image?}); image paths are taken
+    relative to the storyboard file."""
+    path = Path(path)
+    try:
+        entries = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"storyboard {str(path)!r} cannot be read: {err}") from err
+    if not isinstance(entries, list):
+        raise ValueError(f"storyboard {str(path)!r} must be a list of {{at_s, prompt, image}} entries")
+    for entry in entries:
+        if isinstance(entry, dict) and entry.get("image"):
+            entry["image"] = str((path.parent / entry["image"]).resolve())
+    return [StoryboardEntry.model_validate(entry) for entry in entries]
 
 
 class RenderRequest(BaseModel):
@@ -14,7 +43,13 @@ class RenderRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(min_length=1, max_length=2000, description="Text prompt for every keyframe and segment.")
+    prompt: str | None = Field(
+        None, min_length=1, max_length=2000,
+        description="Text prompt for every keyframe and segment (before the storyboard's first entry, if any).",
+    )
+    storyboard: list[StoryboardEntry] = Field(
+        default_factory=list, max_length=1000, description="Per-time prompts and keyframe images, sorted by at_s."
+    )
     image: str | None = Field(None, description="Path of an image to use as the first keyframe instead of T2I.")
     duration_s: float = Field(60.0, gt=0, le=MAX_DURATION_S, description="Length of the video in seconds.")
     fps: int = Field(16, ge=1, le=120, description="Output frame rate in frames per second.")
@@ -34,10 +69,32 @@ class RenderRequest(BaseModel):
 
     @field_validator("prompt")
     @classmethod
-    def _prompt_has_text(cls, value: str) -> str:
-        if not value.strip():
+    def _prompt_has_text(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
             raise ValueError("prompt is blank; give a description of the video")
         return value
+
+    @model_validator(mode="after")
+    def _check_story(self) -> RenderRequest:
+        if self.prompt is None and not self.storyboard:
+            raise ValueError("give a prompt or a storyboard")
+        times = [entry.at_s for entry in self.storyboard]
+        if times != sorted(times):
+            raise ValueError("storyboard entries must be sorted by at_s")
+        for i, entry in enumerate(self.storyboard):
+            if entry.at_s >= self.duration_s:
+                raise ValueError(
+                    f"storyboard[{i}].at_s {entry.at_s} is at or past the end of the video ({self.duration_s} s)"
+                )
+        return self
+
+    def prompt_at(self, seconds: float) -> str:
+        """The prompt in force at `seconds`: the last storyboard entry at or before it."""
+        current = self.prompt or self.storyboard[0].prompt
+        for entry in self.storyboard:
+            if entry.at_s <= seconds:
+                current = entry.prompt
+        return current
 
     @property
     def total_frames(self) -> int:

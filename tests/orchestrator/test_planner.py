@@ -1,19 +1,23 @@
 """Planner properties over durations, fps, overlaps and modes (hypothesis), and its errors."""
 
+import json
+import subprocess
+import sys
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from orchestrator.planner import default_mode, derive_seed, plan_render
-from orchestrator.request import RenderRequest
+from orchestrator.request import RenderRequest, load_storyboard
 from pipeline.presets import load_preset
 
 TINY = load_preset("tiny")
 
 
 def _plan(**fields):
-    return plan_render(RenderRequest(prompt="a fox", **fields), TINY)
+    return plan_render(RenderRequest(**{"prompt": "a fox", **fields}), TINY)
 
 
 @settings(max_examples=150, deadline=None)
@@ -100,3 +104,66 @@ def test_bad_requests_name_the_field(fields, message):
 def test_request_validation(fields):
     with pytest.raises(ValidationError):
         RenderRequest(**{"prompt": "a fox", **fields})
+
+
+def _story(tmp_path, text):
+    (tmp_path / "red.png").write_bytes(b"")  # images are only read when rendering
+    path = tmp_path / "story.yaml"
+    path.write_text(text)
+    return load_storyboard(path)
+
+
+STORY = """
+- {at_s: 0, prompt: "a calm sea"}
+- {at_s: 4, prompt: "a storm gathers", image: red.png}
+- {at_s: 8, prompt: "lightning over the waves"}
+"""
+
+
+def test_storyboard_assigns_prompts_and_images(tmp_path):
+    story = _story(tmp_path, STORY)
+    plan = _plan(prompt=None, storyboard=story, duration_s=12, mode="keyframes", segment_frames=33)
+    prompts = [s.prompt for s in plan.segments]
+    assert prompts == ["a calm sea"] * 2 + ["a storm gathers"] * 2 + ["lightning over the waves"] * 2
+    with_image = [k for k in plan.keyframes if k.source == "image"]
+    assert [(k.frame, k.image) for k in with_image] == [(64, str(tmp_path / "red.png"))]
+    assert with_image[0].prompt == "a storm gathers"
+
+
+def test_storyboard_image_far_from_any_keyframe_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match=r"storyboard\[1\] at 4.0 s has no keyframe near it in chain mode"):
+        _plan(prompt=None, storyboard=_story(tmp_path, STORY), duration_s=12, mode="chain")
+
+
+def test_two_images_on_one_keyframe_is_an_error(tmp_path):
+    story = _story(tmp_path, STORY)
+    with pytest.raises(ValueError, match=r"image and storyboard\[0\] both fall on keyframe 0"):
+        _plan(prompt=None, image="first.png", storyboard=[story[0].model_copy(update={"image": "x.png"})],
+              duration_s=12, mode="keyframes")
+
+
+@pytest.mark.parametrize(("story", "message"), [
+    ("- {at_s: 20, prompt: late}", r"at or past the end"),
+    ("- {at_s: 5, prompt: b}\n- {at_s: 1, prompt: a}", "sorted by at_s"),
+    ("a: 1", "must be a list"),
+])
+def test_bad_storyboards(tmp_path, story, message):
+    with pytest.raises(ValueError, match=message):
+        _plan(prompt=None, storyboard=_story(tmp_path, story), duration_s=12, mode="keyframes")
+
+
+def test_mode_the_preset_cannot_do_names_the_preset_and_its_modes():
+    chain_only = TINY.model_copy(update={"name": "i2v-only", "supports_last_frame": False})
+    with pytest.raises(ValueError, match=r"preset 'i2v-only' supports: chain"):
+        plan_render(RenderRequest(prompt="a fox", mode="bridge"), chain_only)
+
+
+def test_plan_json_does_not_depend_on_workers():
+    def plan_json(workers):
+        out = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", "plan", "--prompt", "a fox", "--mode", "bridge",
+             "--workers", str(workers), "--json"], capture_output=True, text=True, check=True,
+        ).stdout
+        return json.loads(out)
+
+    assert plan_json(1) == plan_json(2) == plan_json(7)

@@ -38,9 +38,29 @@ class WorkerPool:
                 "lower --workers or --sp-degree, or check `ray status`"
             )
         started = time.perf_counter()
-        self.groups = [ShardGroup(i, model, parallel, self.use_gpu) for i in range(self.size)]
-        ray.get([ref for group in self.groups for ref in group.start()])
+        self.groups: list[ShardGroup] = []
+        try:
+            for i in range(self.size):
+                self.groups.append(ShardGroup(i, model, parallel, self.use_gpu))
+            ray.get([ref for group in self.groups for ref in group.start()])
+        except Exception:
+            self.shutdown()  # free the devices of the groups that did start
+            raise
         logger.info("pool of %d group(s) ready in %.1fs", self.size, time.perf_counter() - started)
+
+    def rebuild(self, group: ShardGroup) -> ShardGroup:
+        """Replace a failed group with a fresh one (new actors, new process group), loaded and warm."""
+        index = self.groups.index(group)
+        group.shutdown()
+        fresh = ShardGroup(group.group_id, self.model, self.parallel, self.use_gpu)
+        try:
+            ray.get(fresh.start())
+        except Exception:
+            fresh.shutdown()
+            raise
+        self.groups[index] = fresh
+        logger.warning("rebuilt shard group %d", group.group_id)
+        return fresh
 
     def health(self) -> list[dict]:
         """Every rank's health report, grouped by shard group."""

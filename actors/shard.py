@@ -1,8 +1,9 @@
 """Shard ranks and shard groups: the Ray actors that hold a pipeline and render on it.
 
-A `ShardGroup` is `sp_degree` `ShardRank` actors in one STRICT_PACK placement group. The driver
-calls each lifecycle phase on every rank (init_device -> load -> warmup -> render -> health);
-rank 0 returns the frames.
+A `ShardGroup` is `sp_degree` `ShardRank` actors in one STRICT_PACK placement group, joined in
+one torch.distributed process group (nccl on GPU, gloo on CPU). The driver calls each lifecycle
+phase on every rank (init_device -> init_distributed -> load -> warmup -> segment -> health);
+every rank runs the same segment call (SPMD) and rank 0 returns the frames.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import ray
@@ -17,19 +20,24 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.config import ParallelConfig
-from pipeline.config import ModelConfig
+from pipeline.config import ModelConfig, SequenceParallelConfig
 from pipeline.generate import SegmentRequest
+from pipeline.parallel import Rendezvous, free_port, init_process_group
 
 logger = logging.getLogger(__name__)
 
+HEALTH_PROBE_S = 5.0
+
 
 class ShardRank:
-    """One rank of a shard group: one device, one copy (or shard) of the pipeline."""
+    """One rank of a shard group: one device, one copy of the pipeline (its attention sharded)."""
 
-    def __init__(self, rank: int, world_size: int, model: ModelConfig):
-        self.rank, self.world_size, self.model = rank, world_size, model
+    def __init__(self, rank: int, model: ModelConfig, sequence: SequenceParallelConfig):
+        self.rank, self.model, self.sequence = rank, model, sequence
         self.device = "unassigned"
+        self.backend: str | None = None
         self.cpus = 0
+        self.gpu_ids: list[str] = []
         self.generator = None
         self.load_count = 0
         self.segments_rendered = 0
@@ -40,13 +48,22 @@ class ShardRank:
         import torch
 
         context = ray.get_runtime_context()
-        gpu_ids = context.get_accelerator_ids().get("GPU", [])
+        self.gpu_ids = [str(i) for i in context.get_accelerator_ids().get("GPU", [])]
         self.cpus = int(context.get_assigned_resources().get("CPU", 1)) or 1
         torch.set_num_threads(self.cpus)
-        # Ray sets CUDA_VISIBLE_DEVICES to the assigned GPUs, so the local index is 0.
-        self.device = "cuda:0" if gpu_ids else "cpu"
-        return {"rank": self.rank, "device": self.device, "gpu_ids": list(gpu_ids), "cpus": self.cpus,
-                "node": context.get_node_id(), "pid": os.getpid()}
+        # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU, so its local index is 0.
+        self.device = "cuda:0" if self.gpu_ids else "cpu"
+        return self.health()
+
+    def rendezvous(self) -> Rendezvous:
+        """Rank 0 names the address and a free port where the group's ranks meet."""
+        address = ray.util.get_node_ip_address()
+        return Rendezvous(address, free_port(address))
+
+    def init_distributed(self, rendezvous: Rendezvous) -> str:
+        self.backend = init_process_group(rendezvous, self.rank, self.sequence.degree, self.device,
+                                          self.sequence.collective_timeout_s)
+        return self.backend
 
     def load(self) -> None:
         import torch
@@ -54,7 +71,7 @@ class ShardRank:
         from pipeline.generate import SegmentGenerator
 
         started = time.perf_counter()
-        self.generator = SegmentGenerator(self.model, torch.device(self.device))
+        self.generator = SegmentGenerator(self.model, torch.device(self.device), self.sequence)
         self.load_count += 1
         logger.info("rank %d loaded %s in %.1fs", self.rank, self.model.preset, time.perf_counter() - started)
 
@@ -67,14 +84,21 @@ class ShardRank:
         self.keyframes_rendered += 1
         return frame
 
-    def segment(self, request: SegmentRequest) -> np.ndarray:
+    def segment(self, request: SegmentRequest) -> np.ndarray | None:
+        """Every rank runs this together; rank 0 returns the frames, the others None."""
         frames = self._loaded().segment(request)
         self.segments_rendered += 1
-        return frames
+        return frames if self.rank == 0 else None
+
+    def execute(self, fn: Callable[..., Any], *args) -> Any:
+        """Run `fn(self, *args)` on this rank (driver-side diagnostics and tests)."""
+        return fn(self, *args)
 
     def health(self) -> dict:
         return {
-            "rank": self.rank, "device": self.device, "cpus": self.cpus, "pid": os.getpid(),
+            "rank": self.rank, "world_size": self.sequence.degree, "device": self.device, "gpu_ids": self.gpu_ids,
+            "cpus": self.cpus, "backend": self.backend, "pid": os.getpid(),
+            "node": ray.get_runtime_context().get_node_id(),
             "preset": self.model.preset if self.generator else None, "quantize": self.model.quantize,
             "quantized_components": self.generator.quantized if self.generator else [],
             "load_count": self.load_count, "segments_rendered": self.segments_rendered,
@@ -91,16 +115,15 @@ class ShardGroup:
     """`sp_degree` ShardRank actors placed together and driven in lockstep."""
 
     def __init__(self, group_id: int, model: ModelConfig, parallel: ParallelConfig, use_gpu: bool):
-        if parallel.sp_degree != 1:
-            raise ValueError(f"sp_degree {parallel.sp_degree} is not supported yet; use --sp-degree 1")
         self.group_id = group_id
+        degree = parallel.sp_degree
         bundle = {"CPU": parallel.cpus_per_rank, **({"GPU": 1} if use_gpu else {})}
-        self.placement = placement_group([bundle] * parallel.sp_degree, strategy="STRICT_PACK")
+        self.placement = placement_group([bundle] * degree, strategy="STRICT_PACK")
         ready, _ = ray.wait([self.placement.ready()], timeout=parallel.placement_timeout_s)
         if not ready:
             remove_placement_group(self.placement)
             raise RuntimeError(
-                f"shard group {group_id} could not get {parallel.sp_degree} x {bundle} on one node within "
+                f"shard group {group_id} could not get {degree} x {bundle} on one node within "
                 f"{parallel.placement_timeout_s:.0f}s; check `ray status` for free resources"
             )
         actor_cls = ray.remote(ShardRank)
@@ -108,8 +131,8 @@ class ShardGroup:
             actor_cls.options(
                 num_cpus=parallel.cpus_per_rank, num_gpus=1 if use_gpu else 0,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=r),
-            ).remote(r, parallel.sp_degree, model)
-            for r in range(parallel.sp_degree)
+            ).remote(r, model, parallel.sequence)
+            for r in range(degree)
         ]
 
     def call(self, method: str, *args) -> list[ray.ObjectRef]:
@@ -117,13 +140,49 @@ class ShardGroup:
         return [getattr(rank, method).remote(*args) for rank in self.ranks]
 
     def start(self) -> list[ray.ObjectRef]:
-        """Refs that resolve once every rank has its device, its pipeline and a warm first call."""
+        """Refs that resolve once every rank has its device, its process group, its pipeline and a
+        warm first call. Blocks only for rank 0's rendezvous address."""
+        refs = self.call("init_device")
+        if len(self.ranks) > 1:
+            rendezvous = ray.get(self.ranks[0].rendezvous.remote())
+            refs += self.call("init_distributed", rendezvous)
         # An actor runs its calls in order, so each rank's phases follow one another.
-        return [ref for phase in ("init_device", "load", "warmup") for ref in self.call(phase)]
+        return refs + self.call("load") + self.call("warmup")
 
     def submit(self, method: str, *args) -> ray.ObjectRef:
-        """Run a render phase on every rank; the returned ref is rank 0's result (the frames)."""
+        """Run a render call; the returned ref is rank 0's result (the frames).
+
+        Segments run on every rank (the transformer is sharded); keyframes on rank 0 alone.
+        """
+        if method == "keyframe":
+            return getattr(self.ranks[0], method).remote(*args)
         return self.call(method, *args)[0]
+
+    def dead_ranks(self) -> list[int]:
+        """Ranks whose actor no longer answers a health probe."""
+        probes = self.call("health")
+        ready, _ = ray.wait(probes, num_returns=len(probes), timeout=HEALTH_PROBE_S)
+        dead = []
+        for rank, probe in enumerate(probes):
+            try:
+                if probe not in ready:
+                    raise TimeoutError
+                ray.get(probe)
+            except (ray.exceptions.RayActorError, TimeoutError):
+                dead.append(rank)
+        return dead
+
+    def diagnose(self, err: Exception) -> tuple[str, bool]:
+        """(a message naming the dead ranks, whether the group is broken and must be rebuilt).
+
+        A dead rank, or any failure once ranks share a process group, breaks the group: the
+        survivors' collectives can no longer be trusted to line up.
+        """
+        dead = self.dead_ranks()
+        who = f"rank(s) {', '.join(map(str, dead))} died" if dead else "no rank died"
+        cause = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        broken = bool(dead) or isinstance(err, ray.exceptions.RayActorError) or len(self.ranks) > 1
+        return f"shard group {self.group_id} failed ({who}): {cause}", broken
 
     def shutdown(self) -> None:
         for rank in self.ranks:

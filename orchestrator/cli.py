@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from actors.config import ParallelConfig
 from orchestrator.config import EngineConfig
 from orchestrator.request import RenderRequest, load_storyboard
-from pipeline.config import ModelConfig, StitchConfig, default_cache_dir
+from pipeline.config import ModelConfig, SequenceParallelConfig, StitchConfig, default_cache_dir
 
 logger = logging.getLogger("minutereel")
 
@@ -52,7 +52,7 @@ def _engine_config(args: argparse.Namespace) -> EngineConfig:
     return EngineConfig(
         model=ModelConfig(preset=args.preset, quantize=args.quantize,
                           cache_dir=Path(cache) if cache else default_cache_dir()),
-        parallel=ParallelConfig(workers=args.workers, sp_degree=args.sp_degree),
+        parallel=ParallelConfig(workers=args.workers, sequence=SequenceParallelConfig(degree=args.sp_degree)),
         stitch=StitchConfig(curve=args.blend, crf=args.crf, codec=args.codec),
         ray_address=os.environ.get("RAY_ADDRESS") or None,
     )

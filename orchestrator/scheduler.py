@@ -62,6 +62,7 @@ class PlanRun:
     finished: dict[int, np.ndarray] = field(default_factory=dict)
     conditioning: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
     next_to_stitch: int = 0
+    attempts: dict[tuple[str, int], int] = field(default_factory=dict)
 
     def __post_init__(self):
         self.progress = Progress(
@@ -115,6 +116,16 @@ class PlanRun:
             self.progress.frames_written += len(frames)
             self.next_to_stitch += 1
 
+    def _recover(self, group, task: _Task, err: Exception):
+        """After a failed task: rebuild its group and allow a retry, or raise with the reason."""
+        message, broken = group.diagnose(err)
+        key = (task.kind, task.spec.index)
+        self.attempts[key] = self.attempts.get(key, 0) + 1
+        if not broken or self.attempts[key] > self.pool.parallel.task_retries:
+            raise RuntimeError(f"{task.kind} {task.spec.index} failed: {message}") from err
+        logger.warning("%s %d: %s; retrying on a rebuilt group", task.kind, task.spec.index, message)
+        return self.pool.rebuild(group)
+
     def run(self) -> Progress:
         """Render every keyframe and segment, writing frames as they become final."""
         for spec in self.plan.keyframes:
@@ -136,13 +147,13 @@ class PlanRun:
                 raise RuntimeError(f"plan is stuck: {len(pending)} task(s) wait on frames that nothing renders")
             (done,), _ = ray.wait(list(running), num_returns=1)
             group, task = running.pop(done)
-            idle.append(group)
             try:
                 result = ray.get(done)
             except ray.exceptions.RayError as err:
-                raise RuntimeError(
-                    f"{task.kind} {task.spec.index} failed on shard group {group.group_id}: {err}"
-                ) from err
+                idle.append(self._recover(group, task, err))
+                pending.insert(0, task)
+                continue
+            idle.append(group)
             self._finish(task, result)
         if self.progress.frames_written != self.plan.total_frames:
             raise RuntimeError(f"wrote {self.progress.frames_written} of {self.plan.total_frames} frames")

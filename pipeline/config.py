@@ -25,6 +25,18 @@ class ModelConfig(BaseModel):
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Where embedded checkpoints are saved.")
 
 
+class SequenceParallelConfig(BaseModel):
+    """How the ranks of one shard group split a transformer's attention over the sequence."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    degree: int = Field(1, ge=1, le=64, description="Ranks per group (one device each).")
+    attention: Literal["ulysses", "ring"] = Field("ulysses", description="Context-parallel attention scheme.")
+    collective_timeout_s: float = Field(
+        120.0, gt=0, description="A collective that waits longer (e.g. on a dead rank) fails the call."
+    )
+
+
 class StitchConfig(BaseModel):
     """How segments become one video file."""
 

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.config import ModelConfig
+from pipeline.config import ModelConfig, SequenceParallelConfig
+from pipeline.parallel import enable_sequence_parallel
 from pipeline.presets import Preset, load_preset
 from pipeline.quantize import quantize_int8
 from pipeline.tiny import resolve_embedded
@@ -51,10 +52,12 @@ def _to_uint8(frames: np.ndarray) -> np.ndarray:
 class SegmentGenerator:
     """A preset's I2V and T2I pipelines, loaded once on one device, rendering many requests."""
 
-    def __init__(self, config: ModelConfig, device: torch.device):
+    def __init__(self, config: ModelConfig, device: torch.device,
+                 sequence: SequenceParallelConfig | None = None):
         self.config = config
         self.preset: Preset = load_preset(config.preset)
         self.device = device
+        self.sequence = sequence or SequenceParallelConfig()
         self.quantized: list[str] = []
         self.i2v, self.t2i = self._load()
 
@@ -79,6 +82,8 @@ class SegmentGenerator:
         for pipe in (i2v, t2i):
             pipe.to(self.device)
             pipe.set_progress_bar_config(disable=True)
+        # Only the I2V transformer is sharded: keyframes are one frame, rendered on rank 0 alone.
+        enable_sequence_parallel(i2v.transformer, self.sequence, self.preset.sp_backend, str(self.device))
         return i2v, t2i
 
     def _generator(self, seed: int) -> torch.Generator:

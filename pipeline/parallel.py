@@ -1,0 +1,124 @@
+"""Sequence parallelism for a pipeline's transformer, and the process group it runs on.
+
+Backends:
+- `diffusers`: diffusers' own context parallelism (`enable_parallelism` with Ulysses or Ring
+  attention). It works on CPU with gloo, but diffusers picks the rank's device as
+  `rank % torch.accelerator.device_count()`, which divides by zero on a host without an
+  accelerator; `_cpu_accelerator_shim` reports one (CPU) device for that call only.
+- `xfuser`: xDiT's USP attention, for GPU nodes. xfuser raises at import without a GPU, so it is
+  imported only when selected, and selecting it on a CPU host fails with a message that says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+
+from pipeline.config import SequenceParallelConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where the ranks of one group meet: rank 0's address and a free port there."""
+
+    address: str
+    port: int
+
+    @property
+    def init_method(self) -> str:
+        return f"tcp://{self.address}:{self.port}"
+
+
+def free_port(address: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((address, 0))
+        return sock.getsockname()[1]
+
+
+def collective_backend(device: str) -> str:
+    """`nccl` for CUDA devices, `gloo` for CPU."""
+    return "nccl" if device.startswith("cuda") else "gloo"
+
+
+def init_process_group(rendezvous: Rendezvous, rank: int, world_size: int, device: str, timeout_s: float) -> str:
+    """Join the group's torch.distributed process group; collectives time out after `timeout_s` seconds."""
+    backend = collective_backend(device)
+    torch.distributed.init_process_group(
+        backend=backend, init_method=rendezvous.init_method, rank=rank, world_size=world_size,
+        timeout=timedelta(seconds=timeout_s),
+    )
+    return backend
+
+
+@contextlib.contextmanager
+def _cpu_accelerator_shim():
+    if torch.accelerator.device_count() > 0:
+        yield
+        return
+    original = torch.accelerator.device_count
+    torch.accelerator.device_count = lambda: 1
+    try:
+        yield
+    finally:
+        torch.accelerator.device_count = original
+
+
+def _require_xfuser(device: str) -> None:
+    if not device.startswith("cuda"):
+        raise ValueError(
+            "sp_backend 'xfuser' needs CUDA GPUs: xfuser (xDiT) cannot even be imported without one. "
+            "Use sp_backend 'diffusers' on CPU hosts."
+        )
+    try:
+        import xfuser  # noqa: F401
+    except ImportError as err:
+        raise ValueError("sp_backend 'xfuser' needs the gpu extra: pip install 'minutereel[gpu]'") from err
+
+
+def enable_sequence_parallel(transformer: torch.nn.Module, config: SequenceParallelConfig, backend: str,
+                             device: str) -> None:
+    """Shard `transformer`'s attention over the sequence across the process group's ranks."""
+    if config.degree == 1:
+        return
+    if backend == "xfuser":
+        _require_xfuser(device)
+        raise NotImplementedError("the xfuser USP backend is not wired into minutereel yet; use 'diffusers'")
+    if backend != "diffusers":
+        raise ValueError(f"unknown sp_backend {backend!r}; choose 'diffusers' or 'xfuser'")
+    from diffusers import ContextParallelConfig
+
+    if config.attention == "ring":
+        # Ring attention merges partial results by log-sum-exp, which only the CUDA kernels return.
+        if not device.startswith("cuda"):
+            raise ValueError(
+                "ring attention needs an attention kernel that returns log-sum-exp (cuDNN, flash, sage: CUDA only); "
+                "use attention 'ulysses' on CPU"
+            )
+        transformer.set_attention_backend("_native_cudnn")
+    degrees = {"ulysses_degree": config.degree} if config.attention == "ulysses" else {"ring_degree": config.degree}
+    with _cpu_accelerator_shim():
+        transformer.enable_parallelism(config=ContextParallelConfig(**degrees))
+    logger.info("sequence parallel: %s degree %d", config.attention, config.degree)
+
+
+def probe_transformer(transformer: torch.nn.Module, seed: int, latent_frames: int, latent_height: int,
+                      latent_width: int, text_tokens: int = 16) -> torch.Tensor:
+    """One forward pass of a Wan-style transformer on seeded random inputs (latent units), the
+    same on every rank. Lets tests and benchmarks compare sequence-parallel degrees directly."""
+    config = transformer.config
+    generator = torch.Generator().manual_seed(seed)
+    device = next(transformer.parameters()).device
+    hidden = torch.randn(1, config.in_channels, latent_frames, latent_height, latent_width, generator=generator)
+    text = torch.randn(1, text_tokens, config.text_dim, generator=generator)
+    timestep = torch.tensor([500.0])
+    with torch.no_grad():
+        out = transformer(hidden_states=hidden.to(device), timestep=timestep.to(device),
+                          encoder_hidden_states=text.to(device), return_dict=False)[0]
+    return out.float().cpu()

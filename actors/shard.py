@@ -22,7 +22,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from actors.config import ParallelConfig
 from pipeline.config import ModelConfig, SequenceParallelConfig
 from pipeline.generate import SegmentRequest
-from pipeline.parallel import Rendezvous, free_port, init_process_group
+from pipeline.parallel import Rendezvous, collective_backend, free_port, init_process_group
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class ShardRank:
     def __init__(self, rank: int, model: ModelConfig, sequence: SequenceParallelConfig):
         self.rank, self.model, self.sequence = rank, model, sequence
         self.device = "unassigned"
-        self.backend: str | None = None
+        self.backend: str | None = None  # collective backend for this rank's device
         self.cpus = 0
         self.gpu_ids: list[str] = []
         self.generator = None
@@ -53,6 +53,7 @@ class ShardRank:
         torch.set_num_threads(self.cpus)
         # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU, so its local index is 0.
         self.device = "cuda:0" if self.gpu_ids else "cpu"
+        self.backend = collective_backend(self.device)
         return self.health()
 
     def rendezvous(self) -> Rendezvous:
@@ -60,10 +61,9 @@ class ShardRank:
         address = ray.util.get_node_ip_address()
         return Rendezvous(address, free_port(address))
 
-    def init_distributed(self, rendezvous: Rendezvous) -> str:
-        self.backend = init_process_group(rendezvous, self.rank, self.sequence.degree, self.device,
-                                          self.sequence.collective_timeout_s)
-        return self.backend
+    def init_distributed(self, rendezvous: Rendezvous) -> None:
+        init_process_group(rendezvous, self.rank, self.sequence.degree, self.device,
+                           self.sequence.collective_timeout_s)
 
     def load(self) -> None:
         import torch

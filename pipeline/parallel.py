@@ -47,14 +47,12 @@ def collective_backend(device: str) -> str:
     return "nccl" if device.startswith("cuda") else "gloo"
 
 
-def init_process_group(rendezvous: Rendezvous, rank: int, world_size: int, device: str, timeout_s: float) -> str:
+def init_process_group(rendezvous: Rendezvous, rank: int, world_size: int, device: str, timeout_s: float) -> None:
     """Join the group's torch.distributed process group; collectives time out after `timeout_s` seconds."""
-    backend = collective_backend(device)
     torch.distributed.init_process_group(
-        backend=backend, init_method=rendezvous.init_method, rank=rank, world_size=world_size,
+        backend=collective_backend(device), init_method=rendezvous.init_method, rank=rank, world_size=world_size,
         timeout=timedelta(seconds=timeout_s),
     )
-    return backend
 
 
 @contextlib.contextmanager

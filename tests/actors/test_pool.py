@@ -1,0 +1,102 @@
+"""Shard groups on devices Ray assigns, a dead rank, group rebuild, and renders that survive it."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+
+from actors.config import ParallelConfig
+from actors.pool import WorkerPool
+from orchestrator.config import EngineConfig
+from orchestrator.request import RenderRequest
+from pipeline.config import ModelConfig, SequenceParallelConfig
+from pipeline.generate import SegmentRequest
+from pipeline.video_io import read_video
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_logical_gpus_give_each_rank_its_own_gpu_cuda_device_and_nccl():
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name("logical_gpus.py"))], cwd=ROOT,
+                          env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["use_gpu"] is True and report["groups"] == 1
+    ranks = report["ranks"]
+    assert sorted(g for r in ranks for g in r["gpu_ids"]) == ["0", "1"]
+    for rank, visible in zip(ranks, report["visible"], strict=True):
+        assert rank["gpu_ids"] == [visible]  # Ray pinned CUDA_VISIBLE_DEVICES to this rank's GPU
+        assert (rank["device"], rank["backend"], rank["cpus"]) == ("cuda:0", "nccl", 1)
+
+
+def _pids(pool):
+    return [rank["pid"] for group in pool.health() for rank in group["ranks"]]
+
+
+def test_killed_rank_fails_the_group_call_within_timeout_and_group_is_rebuilt(ray_cluster, tiny_cache):
+    timeout_s = 20.0
+    parallel = ParallelConfig(workers=1, sequence=SequenceParallelConfig(degree=2, collective_timeout_s=timeout_s))
+    pool = WorkerPool(ModelConfig(cache_dir=tiny_cache), parallel)
+    try:
+        group = pool.groups[0]
+        first = np.zeros((128, 128, 3), np.uint8)
+        request = SegmentRequest("a fox", 1, 81, 128, 128, first)
+        victim = _pids(pool)[1]
+        ref = group.submit("segment", request)
+        time.sleep(1.0)
+        os.kill(victim, signal.SIGKILL)
+        started = time.monotonic()
+        with pytest.raises(ray.exceptions.RayError) as failure:
+            ray.get(ref, timeout=timeout_s + 30)
+        assert time.monotonic() - started < timeout_s + 10
+        message, broken = group.diagnose(failure.value)
+        assert broken and "rank(s) 1 died" in message and "shard group 0" in message
+
+        fresh = pool.rebuild(group)
+        assert pool.groups == [fresh] and victim not in _pids(pool)
+        frames = ray.get(fresh.submit("segment", SegmentRequest("a fox", 1, 9, 64, 64, first[:64, :64])))
+        assert frames.shape == (9, 64, 64, 3)
+        assert {r["load_count"] for g in pool.health() for r in g["ranks"]} == {1}
+    finally:
+        pool.shutdown()
+
+
+def test_render_survives_a_killed_worker_with_identical_output(ray_cluster, tiny_cache, tmp_path):
+    from orchestrator.engine import RenderEngine
+
+    engine = RenderEngine(EngineConfig(model=ModelConfig(cache_dir=tiny_cache), parallel=ParallelConfig(workers=2)))
+    request = RenderRequest(prompt="a fox", duration_s=8.0, mode="bridge", segment_frames=33)
+    try:
+        clean = read_video(engine.render(request, tmp_path / "clean.mp4").path)[0]
+        victim = _pids(engine.pool)[0]
+        killer = threading.Timer(2.0, os.kill, (victim, signal.SIGKILL))
+        killer.start()
+        survived = engine.render(request, tmp_path / "killed.mp4")
+        killer.join()
+        assert victim not in _pids(engine.pool)
+        np.testing.assert_array_equal(read_video(survived.path)[0], clean)
+    finally:
+        engine.shutdown()
+
+
+def test_int8_render_through_ray(ray_cluster, tiny_cache, tmp_path):
+    from orchestrator.engine import RenderEngine
+
+    config = EngineConfig(model=ModelConfig(cache_dir=tiny_cache, quantize="int8"), parallel=ParallelConfig(workers=1))
+    engine = RenderEngine(config)
+    try:
+        result = engine.render(RenderRequest(prompt="a fox", duration_s=2.0, mode="chain"), tmp_path / "q.mp4")
+        (rank,) = engine.pool.health()[0]["ranks"]
+    finally:
+        engine.shutdown()
+    frames, info = read_video(result.path)
+    assert info.frames == 32 and frames.reshape(32, -1).std(axis=1).min() > 10
+    assert rank["quantize"] == "int8" and rank["quantized_components"] == ["transformer", "text_encoder"]

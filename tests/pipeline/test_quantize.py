@@ -1,0 +1,50 @@
+"""int8 (optimum-quanto qint8, weight-only, frozen) on the preset's listed components."""
+
+import numpy as np
+import pytest
+import torch
+from optimum.quanto import QLinear, qint8
+from optimum.quanto.tensor import QBytesTensor
+
+from pipeline.config import ModelConfig
+from pipeline.generate import SegmentGenerator, SegmentRequest
+
+
+@pytest.fixture(scope="module")
+def generators(tiny_cache):
+    torch.set_num_threads(1)
+    return {q: SegmentGenerator(ModelConfig(cache_dir=tiny_cache, quantize=q), torch.device("cpu"))
+            for q in ("none", "int8")}
+
+
+def _psnr(a, b):
+    return float(np.mean([10 * np.log10(255.0**2 / np.mean((x.astype(float) - y.astype(float)) ** 2))
+                          for x, y in zip(a, b, strict=True)]))
+
+
+def test_listed_components_hold_frozen_int8_weights(generators):
+    quantized = generators["int8"]
+    assert quantized.quantized == ["transformer", "text_encoder"]
+    for name in ("transformer", "text_encoder"):
+        linears = [m for m in getattr(quantized.i2v, name).modules() if isinstance(m, torch.nn.Linear)]
+        assert linears and all(isinstance(m, QLinear) for m in linears), name
+        for module in linears:
+            assert module.weight_qtype == qint8
+            assert isinstance(module.weight, QBytesTensor)  # frozen: float weights dropped
+            assert module.weight._data.dtype == torch.int8
+    # The keyframe pipeline shares the quantized text encoder and quantizes its own transformer.
+    assert quantized.t2i.text_encoder is quantized.i2v.text_encoder
+    assert all(isinstance(m, QLinear) for m in quantized.t2i.transformer.modules() if isinstance(m, torch.nn.Linear))
+    assert not any(isinstance(m, QLinear) for m in generators["none"].i2v.transformer.modules())
+
+
+def test_int8_output_stays_close_to_float(generators):
+    first = generators["none"].keyframe("a fox", 1, 64, 64)
+    request = SegmentRequest("a fox", 2, 17, 64, 64, first)
+    reference = generators["none"].segment(request)
+    quantized = generators["int8"].segment(request)
+    other_seed = generators["none"].segment(SegmentRequest("a fox", 3, 17, 64, 64, first))
+    close, unrelated = _psnr(reference, quantized), _psnr(reference, other_seed)
+    # The tiny model's random weights amplify rounding; real checkpoints sit far higher.
+    assert close >= 16, f"int8 vs float: {close:.1f} dB"
+    assert close >= unrelated + 5, f"int8 {close:.1f} dB is not much closer than another seed ({unrelated:.1f} dB)"

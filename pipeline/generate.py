@@ -7,6 +7,7 @@ Frames cross process boundaries as uint8 arrays: keyframes (height, width, 3) an
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +69,7 @@ class SegmentGenerator:
         for library in (diffusers, transformers):
             library.utils.logging.set_verbosity_error()
             library.utils.logging.disable_progress_bar()
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"(diffusers|torch)\.")
 
         dtype = DTYPES[self.preset.dtype]
         i2v_cls = getattr(diffusers, self.preset.i2v_pipeline)

@@ -45,3 +45,6 @@ class StitchConfig(BaseModel):
     curve: Literal["linear", "cosine"] = Field("linear", description="Crossfade curve over each overlap.")
     codec: str = Field("libx264", description="ffmpeg video encoder.")
     crf: int = Field(18, ge=0, le=51, description="Constant rate factor for x264/x265 (lower is better).")
+    color_correction: bool = Field(
+        True, description="Match each segment's per-channel mean and spread in its overlap to the previous segment's."
+    )

@@ -1,7 +1,8 @@
-"""Temporal overlap blending: segments in, final frames out, streaming.
+"""Temporal overlap blending and colour-drift correction: segments in, final frames out, streaming.
 
 Segments arrive in order. Each holds back the frames that the next segment overlaps; when the next
-arrives, the held frames and its head are crossfaded. Memory is one overlap, whatever the length.
+arrives, its colour is matched to the held frames, then the held frames and its head are crossfaded.
+Memory is one overlap plus what the caller feeds at once, whatever the length of the video.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from typing import Literal
 import numpy as np
 
 Curve = Literal["linear", "cosine"]
+
+MIN_SPREAD = 1.0  # levels added to both spreads, so a flat overlap does not divide by ~0
+GAIN_RANGE = (0.5, 2.0)  # bounds on the spread ratio: unrelated overlaps must not blow the contrast up
 
 
 def blend_weights(n: int, curve: Curve = "linear") -> np.ndarray:
@@ -32,30 +36,137 @@ def blend_overlap(outgoing: np.ndarray, incoming: np.ndarray, curve: Curve = "li
     return (mixed + 0.5).astype(np.uint8)
 
 
+def channel_stats(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation, in levels (0..255), of uint8 frames (..., 3).
+
+    Computed exactly from 256-bin histograms, so no float copy of the frames is made.
+    """
+    hist = np.stack([np.bincount(frames[..., c].ravel(), minlength=256) for c in range(3)]).astype(np.float64)
+    levels = np.arange(256, dtype=np.float64)
+    count = hist.sum(axis=1)
+    mean = hist @ levels / count
+    var = hist @ levels**2 / count - mean**2
+    return mean, np.sqrt(np.maximum(var, 0.0))
+
+
+def fit_color_match(reference: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Per-channel lookup table, uint8 (3, 256), mapping `target`'s levels onto `reference`'s.
+
+    An affine map per channel that gives `target` the mean and spread (standard deviation) of
+    `reference`; the spread ratio is clipped to GAIN_RANGE. Both are uint8 frames (..., 3) showing
+    the same content, e.g. the two versions of an overlap.
+    """
+    ref_mean, ref_spread = channel_stats(reference)
+    tgt_mean, tgt_spread = channel_stats(target)
+    gain = np.clip((ref_spread + MIN_SPREAD) / (tgt_spread + MIN_SPREAD), *GAIN_RANGE)
+    offset = ref_mean - gain * tgt_mean
+    levels = np.arange(256, dtype=np.float64)
+    return np.clip(np.rint(gain[:, None] * levels + offset[:, None]), 0, 255).astype(np.uint8)
+
+
+def apply_color_match(frames: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """uint8 frames (n, h, w, 3) mapped through a per-channel lookup table (3, 256); a new array."""
+    out = np.empty_like(frames)
+    for i, frame in enumerate(frames):  # frame by frame: stays in cache, about 1.5x faster than whole-array
+        for c in range(3):
+            out[i, ..., c] = lut[c][frame[..., c]]
+    return out
+
+
+IDENTITY_LUT = np.tile(np.arange(256, dtype=np.uint8), (3, 1))
+
+
 class OverlapStitcher:
     """Turns overlapping segments into a stream of final frames.
 
-    `add(frames, overlap_prev, overlap_next)` returns the frames that are final now; the last
-    `overlap_next` frames are held until the next segment arrives.
+    Whole segments: `add(frames, overlap_prev, overlap_next)` returns the frames that are final now;
+    the last `overlap_next` frames are held until the next segment arrives. Segments in pieces (e.g.
+    decoded clips): `begin(overlap_prev, overlap_next)`, then `feed(chunk)` any number of times (each
+    returns the frames now final), then `end()`. `finish()` returns what is still held.
+
+    With `color_correction`, each segment is mapped through `fit_color_match(held, its overlap)`: the
+    held frames were corrected already, so the correction of segment i composes with those before it
+    and a chain cannot drift. A segment with no overlap keeps the previous segment's correction.
     """
 
-    def __init__(self, curve: Curve = "linear"):
+    def __init__(self, curve: Curve = "linear", color_correction: bool = True):
+        blend_weights(1, curve)  # rejects an unknown curve now, not at the first seam
         self.curve = curve
+        self.color_correction = color_correction
         self._held = np.zeros((0,), dtype=np.uint8)
+        self._lut = IDENTITY_LUT
+        self._open = False
 
     def add(self, frames: np.ndarray, overlap_prev: int, overlap_next: int) -> np.ndarray:
-        if overlap_prev != len(self._held):
-            raise ValueError(f"segment overlaps {overlap_prev} frames but {len(self._held)} are held")
+        """Stitch one whole segment, uint8 (n, h, w, 3); returns the frames that are final now."""
         if overlap_prev + overlap_next > len(frames):
             raise ValueError(f"overlaps {overlap_prev}+{overlap_next} exceed the segment's {len(frames)} frames")
-        frames = frames.copy()
-        if overlap_prev:
-            frames[:overlap_prev] = blend_overlap(self._held, frames[:overlap_prev], self.curve)
-        keep = len(frames) - overlap_next
-        self._held = frames[keep:]
-        return frames[:keep]
+        self.begin(overlap_prev, overlap_next)
+        out = self.feed(frames)
+        self.end()
+        return out
+
+    def begin(self, overlap_prev: int, overlap_next: int) -> None:
+        """Start a segment that shares `overlap_prev` frames with the previous one and `overlap_next` with the next."""
+        if self._open:
+            raise RuntimeError("begin() called before end() of the previous segment")
+        if overlap_prev < 0 or overlap_next < 0:
+            raise ValueError(f"overlaps must be >= 0, got overlap_prev={overlap_prev} overlap_next={overlap_next}")
+        if overlap_prev != len(self._held):
+            raise ValueError(f"segment overlaps {overlap_prev} frames but {len(self._held)} are held")
+        self._open = True
+        self._overlap_prev, self._overlap_next = overlap_prev, overlap_next
+        self._head: list[np.ndarray] = []
+        self._pending = np.zeros((0,), dtype=np.uint8)
+        self._count = 0
+
+    def feed(self, frames: np.ndarray) -> np.ndarray:
+        """Append the segment's next frames, uint8 (n, h, w, 3); returns the frames that are final now."""
+        if not self._open:
+            raise RuntimeError("feed() called outside begin()/end()")
+        self._count += len(frames)
+        if self._count - len(frames) < self._overlap_prev:  # still gathering the overlap with the held frames
+            self._head.append(frames)
+            if self._count < self._overlap_prev:
+                return frames[:0]
+            frames = self._join(self._head[0] if len(self._head) == 1 else np.concatenate(self._head))
+        else:
+            frames = self._correct(frames)
+        return self._release(frames)
+
+    def end(self) -> None:
+        """Close the segment: its last `overlap_next` frames are held for the next one."""
+        if self._count < self._overlap_prev + self._overlap_next:
+            raise ValueError(
+                f"overlaps {self._overlap_prev}+{self._overlap_next} exceed the segment's {self._count} frames"
+            )
+        self._held, self._open = self._pending, False
 
     def finish(self) -> np.ndarray:
         """Frames still held (non-empty only if the last segment declared an overlap_next)."""
         held, self._held = self._held, np.zeros((0,), dtype=np.uint8)
         return held
+
+    def _correct(self, frames: np.ndarray) -> np.ndarray:
+        if self._lut is IDENTITY_LUT or not len(frames):
+            return frames
+        return apply_color_match(frames, self._lut)
+
+    def _join(self, frames: np.ndarray) -> np.ndarray:
+        """Correct a segment's first frames (at least its whole overlap) and crossfade the overlap; a new array."""
+        n = self._overlap_prev
+        if self.color_correction:
+            lut = fit_color_match(self._held, frames[:n])
+            self._lut = IDENTITY_LUT if np.array_equal(lut, IDENTITY_LUT) else lut
+        frames = frames.copy() if self._lut is IDENTITY_LUT else apply_color_match(frames, self._lut)
+        frames[:n] = blend_overlap(self._held, frames[:n], self.curve)
+        self._held = np.zeros((0,), dtype=np.uint8)
+        return frames
+
+    def _release(self, frames: np.ndarray) -> np.ndarray:
+        """Hold back the last `overlap_next` frames seen so far; return those before them."""
+        if len(self._pending):
+            frames = np.concatenate([self._pending, frames])
+        keep = max(len(frames) - self._overlap_next, 0)
+        self._pending = frames[keep:].copy()
+        return frames[:keep]

@@ -1,6 +1,7 @@
 """Video I/O: raw RGB frames piped into one ffmpeg process (ffmpeg-python), PyAV for decoding.
 
 ffmpeg is the system binary when one is on PATH, else the one imageio-ffmpeg ships (libx264).
+The container follows the output's suffix (.mp4, .mov, .mkv); lossless FFV1 goes in .mkv.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import logging
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -17,6 +19,13 @@ import ffmpeg
 import numpy as np
 
 logger = logging.getLogger(__name__)
+
+CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}
+# FFV1 belongs in Matroska: the bundled FFmpeg 9 also puts it in MP4, but older builds (a system ffmpeg on
+# PATH wins) refuse to, and players cannot read it there.
+CODEC_CONTAINERS = {"ffv1": (".mkv",)}
+# Lossless codecs keep full RGB; the rest get the yuv420p that every player decodes.
+CODEC_PIX_FMTS = {"ffv1": "bgr0"}
 
 
 def ffmpeg_binary() -> str:
@@ -29,23 +38,41 @@ def ffmpeg_binary() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-class VideoWriter:
-    """Stream uint8 RGB frames (height, width, 3) into an MP4.
+def output_format(path: Path, codec: str) -> str:
+    """The ffmpeg muxer for `path`'s suffix; ValueError if the suffix is unknown or cannot hold `codec`."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in CONTAINERS:
+        raise ValueError(f"out {str(path)!r} must end in one of {', '.join(CONTAINERS)}, got {suffix or 'none'!r}")
+    allowed = CODEC_CONTAINERS.get(codec, tuple(CONTAINERS))
+    if suffix not in allowed:
+        raise ValueError(f"codec {codec!r} cannot be written to a {suffix} file ({path}); use {' or '.join(allowed)}")
+    return CONTAINERS[suffix]
 
-    Writes `<path>.partial` and renames it to `path` only in `close()` after ffmpeg exits cleanly;
-    `abort()` (or leaving the `with` block on an exception) kills ffmpeg and removes the partial.
+
+class VideoWriter:
+    """Stream uint8 RGB frames (height, width, 3) into a video file at `fps` frames per second.
+
+    The container follows `path`'s suffix (see `output_format`); MP4 and MOV get `+faststart` (index
+    first, so playback can start while downloading). Writes `<path>.partial` and renames it to `path`
+    only in `close()` after ffmpeg exits cleanly; `abort()` (or leaving the `with` block on an
+    exception) kills ffmpeg and removes the partial.
     """
 
-    def __init__(self, path: Path, width: int, height: int, fps: int, codec: str = "libx264", crf: int = 18):
-        if width % 2 or height % 2:
+    def __init__(self, path: Path, width: int, height: int, fps: int | Fraction, codec: str = "libx264",
+                 crf: int = 18):
+        container = output_format(path, codec)
+        pix_fmt = CODEC_PIX_FMTS.get(codec, "yuv420p")
+        if pix_fmt == "yuv420p" and (width % 2 or height % 2):
             raise ValueError(f"width and height must be even for yuv420p, got {width}x{height}")
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.width, self.height = width, height
         self.frames_written = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        stream = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}", r=fps)
-        out_args = dict(vcodec=codec, pix_fmt="yuv420p", r=fps, movflags="+faststart", format="mp4")
+        stream = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}", r=str(fps))
+        out_args = dict(vcodec=codec, pix_fmt=pix_fmt, r=str(fps), format=container)
+        if container in ("mp4", "mov"):
+            out_args["movflags"] = "+faststart"
         if codec in ("libx264", "libx265"):
             out_args["crf"] = crf
         stream = ffmpeg.output(stream, str(self.partial), **out_args).overwrite_output().global_args(
@@ -122,6 +149,58 @@ def read_video(path: Path) -> tuple[np.ndarray, VideoInfo]:
             duration_s=float(len(frames) / fps),
         )
     return frames, info
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """A file's first video stream, from its header: size (pixels) and rate (frames/s)."""
+
+    path: Path
+    width: int
+    height: int
+    fps: Fraction
+
+
+def _open(path: Path):
+    import av
+
+    try:
+        container = av.open(str(path))
+    except (OSError, av.FFmpegError) as err:
+        raise ValueError(f"clip {str(path)!r} cannot be read as video: {err}") from err
+    if not container.streams.video:
+        container.close()
+        raise ValueError(f"clip {str(path)!r} has no video stream")
+    return container
+
+
+def probe_video(path: Path) -> StreamInfo:
+    """Size and frame rate of `path`'s first video stream, without decoding; ValueError if unreadable."""
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        fps = stream.average_rate or stream.guessed_rate
+        if not fps:
+            raise ValueError(f"clip {str(path)!r} does not say its frame rate")
+        return StreamInfo(Path(path), stream.codec_context.width, stream.codec_context.height, Fraction(fps))
+
+
+def iter_frames(path: Path, chunk: int = 16, size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
+    """Decode `path` lazily: uint8 RGB batches (<= chunk, height, width, 3), scaled to `size` (width, height) if given.
+
+    Only one batch is in memory at a time, whatever the clip's length.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    width, height = size if size else (None, None)
+    with _open(path) as container:
+        batch = []
+        for frame in container.decode(container.streams.video[0]):
+            batch.append(frame.to_ndarray(format="rgb24", width=width, height=height))
+            if len(batch) == chunk:
+                yield np.stack(batch)
+                batch = []
+        if batch:
+            yield np.stack(batch)
 
 
 def ffmpeg_version() -> str:

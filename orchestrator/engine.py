@@ -18,6 +18,7 @@ from orchestrator.planner import default_mode, plan_render
 from orchestrator.request import RenderRequest
 from orchestrator.scheduler import PlanRun, Progress
 from pipeline.presets import load_preset
+from pipeline.seams import SeamReport
 from pipeline.stitch import OverlapStitcher
 from pipeline.tiny import ensure_tiny_checkpoints
 from pipeline.video_io import VideoWriter
@@ -27,12 +28,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RenderResult:
-    """A finished render: the file, the plan it followed, and the wall time in seconds."""
+    """A finished render: the file, the plan it followed, the wall time in seconds, and how visible each seam is."""
 
     path: Path
     plan: RenderPlan
     progress: Progress
     seconds: float
+    seams: SeamReport
 
 
 def connect_ray(address: str | None) -> None:
@@ -69,14 +71,14 @@ class RenderEngine:
 
     def render(self, request: RenderRequest, out: Path,
                on_progress: Callable[[Progress], None] = lambda progress: None) -> RenderResult:
-        """Render `request` to the MP4 at `out` (written as out.partial, renamed when complete)."""
+        """Render `request` to the video file at `out` (written as out.partial, renamed when complete)."""
         started = time.perf_counter()
         plan = self.plan(request)
         stitch = self.config.stitch
         with VideoWriter(out, plan.width, plan.height, plan.fps, codec=stitch.codec, crf=stitch.crf) as writer:
-            run = PlanRun(plan, self.pool, writer, OverlapStitcher(stitch.curve), on_progress)
+            run = PlanRun(plan, self.pool, writer, OverlapStitcher(stitch.curve, stitch.color_correction), on_progress)
             progress = run.run()
-        return RenderResult(Path(out), plan, progress, time.perf_counter() - started)
+        return RenderResult(Path(out), plan, progress, time.perf_counter() - started, run.seams.report())
 
     def shutdown(self) -> None:
         self.pool.shutdown()

@@ -16,6 +16,7 @@ from PIL import Image
 from actors.pool import WorkerPool
 from orchestrator.plan import FrameRef, KeyframeSpec, RenderPlan, SegmentSpec
 from pipeline.generate import SegmentRequest
+from pipeline.seams import SeamMeter
 from pipeline.stitch import OverlapStitcher
 from pipeline.video_io import VideoWriter
 
@@ -58,6 +59,7 @@ class PlanRun:
     writer: VideoWriter
     stitcher: OverlapStitcher
     on_progress: Callable[[Progress], None] = lambda progress: None
+    seams: SeamMeter = field(default_factory=SeamMeter)
     keyframes: dict[int, np.ndarray] = field(default_factory=dict)
     finished: dict[int, np.ndarray] = field(default_factory=dict)
     conditioning: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
@@ -113,6 +115,8 @@ class PlanRun:
             remaining = self.plan.total_frames - self.progress.frames_written
             frames = frames[:remaining]
             self.writer.write(frames)
+            self.seams.begin_segment(spec.overlap_prev)
+            self.seams.add(frames)
             self.progress.frames_written += len(frames)
             self.next_to_stitch += 1
 

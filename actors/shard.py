@@ -29,6 +29,10 @@ logger = logging.getLogger(__name__)
 HEALTH_PROBE_S = 5.0
 
 
+class RenderCancelled(Exception):
+    """A render call stopped at a denoising step because its task was cancelled."""
+
+
 class ShardRank:
     """One rank of a shard group: one device, one copy of the pipeline (its attention sharded)."""
 
@@ -42,6 +46,8 @@ class ShardRank:
         self.load_count = 0
         self.segments_rendered = 0
         self.keyframes_rendered = 0
+        self.current_step: dict | None = None
+        self._cancelled: set[str] = set()
 
     def init_device(self) -> dict:
         """Take the device and CPU allotment Ray assigned to this actor; size torch's threads to it."""
@@ -84,16 +90,47 @@ class ShardRank:
         self.keyframes_rendered += 1
         return frame
 
-    def segment(self, request: SegmentRequest) -> np.ndarray | None:
-        """Every rank runs this together; rank 0 returns the frames, the others None."""
-        frames = self._loaded().segment(request)
+    def segment(self, request: SegmentRequest, task_id: str = "") -> np.ndarray | None:
+        """Every rank runs this together; rank 0 returns the frames, the others None.
+
+        Raises RenderCancelled at the first denoising step after `cancel(task_id)`.
+        """
+        try:
+            frames = self._loaded().segment(request, on_step=lambda step, total: self._on_step(task_id, step, total))
+        finally:
+            self._cancelled.discard(task_id)
+            self.current_step = None
         self.segments_rendered += 1
         return frames if self.rank == 0 else None
+
+    @ray.method(concurrency_group="control")
+    def cancel(self, task_id: str) -> None:
+        """Ask the running `task_id` to stop at its next denoising step (answered while it renders)."""
+        self._cancelled.add(task_id)
+
+    @ray.method(concurrency_group="control")
+    def progress(self) -> dict | None:
+        """{task_id, step, steps} of the segment rendering now, or None."""
+        return self.current_step
+
+    def _on_step(self, task_id: str, step: int, steps: int) -> None:
+        self.current_step = {"task_id": task_id, "step": step, "steps": steps}
+        stop = task_id in self._cancelled
+        if self.sequence.degree > 1:
+            import torch
+
+            # Every rank must stop at the same step, or the others would wait in a collective.
+            flag = torch.tensor([int(stop)], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            stop = bool(flag.item())
+        if stop:
+            raise RenderCancelled(f"task {task_id} cancelled at step {step} of {steps}")
 
     def execute(self, fn: Callable[..., Any], *args) -> Any:
         """Run `fn(self, *args)` on this rank (driver-side diagnostics and tests)."""
         return fn(self, *args)
 
+    @ray.method(concurrency_group="control")
     def health(self) -> dict:
         return {
             "rank": self.rank, "world_size": self.sequence.degree, "device": self.device, "gpu_ids": self.gpu_ids,
@@ -126,7 +163,9 @@ class ShardGroup:
                 f"shard group {group_id} could not get {degree} x {bundle} on one node within "
                 f"{parallel.placement_timeout_s:.0f}s; check `ray status` for free resources"
             )
-        actor_cls = ray.remote(ShardRank)
+        # Lifecycle and render calls run one at a time, in order (the default group); cancel,
+        # progress and health answer from the "control" group's threads while a segment renders.
+        actor_cls = ray.remote(concurrency_groups={"control": 2})(ShardRank)
         self.ranks = [
             actor_cls.options(
                 num_cpus=parallel.cpus_per_rank, num_gpus=1 if use_gpu else 0,

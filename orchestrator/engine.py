@@ -13,10 +13,11 @@ import ray
 
 from actors.pool import WorkerPool
 from orchestrator.config import EngineConfig
+from orchestrator.jobs import Job
 from orchestrator.plan import RenderPlan
 from orchestrator.planner import default_mode, plan_render
 from orchestrator.request import RenderRequest
-from orchestrator.scheduler import PlanRun, Progress
+from orchestrator.scheduler import Dispatcher, PlanRun, Progress
 from pipeline.presets import load_preset
 from pipeline.seams import SeamReport
 from pipeline.stitch import OverlapStitcher
@@ -35,6 +36,7 @@ class RenderResult:
     progress: Progress
     seconds: float
     seams: SeamReport
+    rendered: dict[str, int]  # keyframes and segments rendered by this call (the rest were resumed)
 
 
 def connect_ray(address: str | None) -> None:
@@ -57,6 +59,7 @@ class RenderEngine:
             ensure_tiny_checkpoints(config.model.cache_dir)  # once here, not raced by every rank
         connect_ray(config.ray_address)
         self.pool = WorkerPool(config.model, config.parallel)
+        self.dispatcher = Dispatcher(self.pool)
 
     def resolve(self, request: RenderRequest) -> RenderRequest:
         """The request with engine defaults filled in (mode from the pool size)."""
@@ -69,16 +72,32 @@ class RenderEngine:
     def plan(self, request: RenderRequest) -> RenderPlan:
         return plan_render(self.resolve(request), self.preset)
 
-    def render(self, request: RenderRequest, out: Path,
-               on_progress: Callable[[Progress], None] = lambda progress: None) -> RenderResult:
-        """Render `request` to the video file at `out` (written as out.partial, renamed when complete)."""
+    def open_run(self, plan: RenderPlan, out: Path, job: Job | None = None,
+                 on_progress: Callable[[Progress], None] = lambda progress: None) -> PlanRun:
+        """A PlanRun writing `out` (as out.partial until complete), saving its work in `job` if given."""
+        stitch = self.config.stitch
+        writer = VideoWriter(out, plan.width, plan.height, plan.fps, codec=stitch.codec, crf=stitch.crf)
+        try:
+            return PlanRun(plan, writer, OverlapStitcher(stitch.curve, stitch.color_correction), job, on_progress)
+        except BaseException:
+            writer.abort()
+            raise
+
+    def render(self, request: RenderRequest, out: Path, on_progress: Callable[[Progress], None] = lambda p: None,
+               job: Job | None = None) -> RenderResult:
+        """Render `request` to the video file at `out` on this thread; with `job`, save every keyframe
+        and segment there and render only what the job does not hold yet."""
         started = time.perf_counter()
         plan = self.plan(request)
-        stitch = self.config.stitch
-        with VideoWriter(out, plan.width, plan.height, plan.fps, codec=stitch.codec, crf=stitch.crf) as writer:
-            run = PlanRun(plan, self.pool, writer, OverlapStitcher(stitch.curve, stitch.color_correction), on_progress)
-            progress = run.run()
-        return RenderResult(Path(out), plan, progress, time.perf_counter() - started, run.seams.report())
+        if job is not None:
+            saved = job.plan()
+            if saved is not None and saved != plan:
+                raise ValueError(f"job {job.id} was planned for a different request; use a new job directory")
+            job.save_plan(plan)
+        run = self.open_run(plan, out, job, on_progress)
+        progress = self.dispatcher.drive(run)
+        return RenderResult(Path(out), plan, progress, time.perf_counter() - started, run.seams.report(),
+                            dict(run.rendered))
 
     def shutdown(self) -> None:
         self.pool.shutdown()

@@ -1,19 +1,29 @@
-"""Run a RenderPlan on a WorkerPool as a DAG: each keyframe and segment starts on an idle shard
-group as soon as the frames it is conditioned on exist; finished segments stream, in order,
-through the stitcher into the video writer.
+"""Run RenderPlans on a WorkerPool as DAGs.
+
+A `PlanRun` is one plan's execution: which keyframes and segments are ready (the frames they are
+conditioned on exist), what finished, and the in-order stream of finished segments through the
+stitcher into the video writer. With a job directory, every finished keyframe and segment is saved
+before it counts, and a run started on a partly rendered job renders only what is missing.
+
+A `Dispatcher` runs the tasks of any number of PlanRuns on one pool: each idle shard group takes
+the next ready task of the next run in turn, so concurrent jobs share the pool fairly.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import ray
 from PIL import Image
 
 from actors.pool import WorkerPool
+from actors.shard import RenderCancelled, ShardGroup
+from orchestrator.jobs import Job
 from orchestrator.plan import FrameRef, KeyframeSpec, RenderPlan, SegmentSpec
 from pipeline.generate import SegmentRequest
 from pipeline.seams import SeamMeter
@@ -40,125 +50,300 @@ def load_keyframe_image(path: str, width: int, height: int) -> np.ndarray:
     try:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS))
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise ValueError(f"image {path!r} cannot be read as a keyframe: {err}") from err
 
 
-@dataclass
-class _Task:
+@dataclass(frozen=True)
+class Task:
+    """One keyframe or segment of one run."""
+
+    run_id: int
     kind: str
     spec: KeyframeSpec | SegmentSpec
 
+    @property
+    def task_id(self) -> str:
+        return f"{self.run_id}:{self.kind}:{self.spec.index}"
 
-@dataclass
+
+_run_ids = itertools.count()
+
+
 class PlanRun:
-    """The state of one plan's execution (driver side)."""
+    """One plan's execution state (driver side). Not thread-safe: the Dispatcher drives it."""
 
-    plan: RenderPlan
-    pool: WorkerPool
-    writer: VideoWriter
-    stitcher: OverlapStitcher
-    on_progress: Callable[[Progress], None] = lambda progress: None
-    seams: SeamMeter = field(default_factory=SeamMeter)
-    keyframes: dict[int, np.ndarray] = field(default_factory=dict)
-    finished: dict[int, np.ndarray] = field(default_factory=dict)
-    conditioning: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
-    next_to_stitch: int = 0
-    attempts: dict[tuple[str, int], int] = field(default_factory=dict)
+    def __init__(self, plan: RenderPlan, writer: VideoWriter, stitcher: OverlapStitcher, job: Job | None = None,
+                 on_progress: Callable[[Progress], None] = lambda progress: None):
+        self.id = next(_run_ids)
+        self.plan, self.writer, self.stitcher, self.job = plan, writer, stitcher, job
+        self.on_progress = on_progress
+        self.seams = SeamMeter()
+        self.progress = Progress(keyframes_total=len(plan.keyframes), segments_total=len(plan.segments),
+                                 frames_total=plan.total_frames)
+        self.rendered = {"keyframe": 0, "segment": 0}  # tasks rendered by this run (not resumed)
+        self.error: BaseException | None = None
+        self.cancelled = False
+        self.finished = threading.Event()
+        self._keyframes: dict[int, np.ndarray] = {}
+        self._conditioning: dict[tuple[int, int], np.ndarray] = {}
+        self._segments: dict[int, np.ndarray] = {}
+        self._saved_segments: set[int] = set()
+        self._needed = {(r.index, r.frame) for s in plan.segments for r in s.dependencies() if r.source == "segment"}
+        self._next_to_stitch = 0
+        self.attempts: dict[str, int] = {}
+        self.pending = self._resume()
 
-    def __post_init__(self):
-        self.progress = Progress(
-            keyframes_total=len(self.plan.keyframes), segments_total=len(self.plan.segments),
-            frames_total=self.plan.total_frames,
-        )
-        self._needed = {
-            (ref.index, ref.frame) for s in self.plan.segments for ref in s.dependencies() if ref.source == "segment"
-        }
+    # -- state ---------------------------------------------------------------------------------
+
+    def _resume(self) -> list[Task]:
+        """Load user images and whatever the job directory already holds; return the tasks left."""
+        saved_keyframes = self.job.saved("keyframes") if self.job else set()
+        for spec in self.plan.keyframes:
+            if spec.index in saved_keyframes:
+                self._keyframes[spec.index] = self.job.load_frames("keyframes", spec.index)
+            elif spec.source == "image":
+                self._keyframes[spec.index] = load_keyframe_image(spec.image, self.plan.width, self.plan.height)
+            else:
+                continue
+            self.progress.keyframes_done += 1
+        self._saved_segments = self.job.saved("segments") if self.job else set()
+        for index in sorted(self._saved_segments):
+            self._keep_conditioning(index, self.job.load_frames("segments", index, mmap=True))
+            self.progress.segments_done += 1
+        pending = [Task(self.id, "keyframe", k) for k in self.plan.keyframes if k.index not in self._keyframes]
+        pending += [Task(self.id, "segment", s) for s in sorted(self.plan.segments, key=lambda s: (s.wave, s.index))
+                    if s.index not in self._saved_segments]
+        return pending
 
     def _frame(self, ref: FrameRef) -> np.ndarray | None:
         if ref.source == "keyframe":
-            return self.keyframes.get(ref.index)
-        return self.conditioning.get((ref.index, ref.frame))
+            return self._keyframes.get(ref.index)
+        return self._conditioning.get((ref.index, ref.frame))
 
-    def _ready(self, segment: SegmentSpec) -> bool:
-        return all(self._frame(ref) is not None for ref in segment.dependencies())
+    def _ready(self, task: Task) -> bool:
+        return task.kind == "keyframe" or all(self._frame(r) is not None for r in task.spec.dependencies())
 
-    def _start(self, group, task: _Task) -> ray.ObjectRef:
+    def _keep_conditioning(self, index: int, frames: np.ndarray) -> None:
+        for segment, frame in self._needed:
+            if segment == index:
+                self._conditioning[(segment, frame)] = np.array(frames[frame])
+
+    @property
+    def active(self) -> bool:
+        return not self.finished.is_set()
+
+    # -- tasks ---------------------------------------------------------------------------------
+
+    def take_ready(self) -> Task | None:
+        """The next task whose inputs exist, removed from pending; None if none is ready."""
+        for task in self.pending:
+            if self._ready(task):
+                self.pending.remove(task)
+                return task
+        return None
+
+    def call(self, task: Task) -> tuple[str, tuple]:
+        """The shard-group method and arguments that render `task`."""
         plan, spec = self.plan, task.spec
         if task.kind == "keyframe":
-            return group.submit("keyframe", spec.prompt, spec.seed, plan.width, plan.height, plan.steps, plan.guidance)
+            return "keyframe", (spec.prompt, spec.seed, plan.width, plan.height, plan.steps, plan.guidance)
         request = SegmentRequest(
             prompt=spec.prompt, seed=spec.seed, num_frames=spec.num_frames, width=plan.width, height=plan.height,
             first=self._frame(spec.first), last=self._frame(spec.last) if spec.last else None,
             steps=plan.steps, guidance=plan.guidance,
         )
-        return group.submit("segment", request)
+        return "segment", (request, task.task_id)
 
-    def _finish(self, task: _Task, result: np.ndarray) -> None:
-        if task.kind == "keyframe":
-            self.keyframes[task.spec.index] = result
+    def complete(self, task: Task, result: np.ndarray) -> None:
+        """Record a finished task: persist it, then count it, then stitch what became final."""
+        kind, index = task.kind, task.spec.index
+        if self.job:
+            self.job.save_frames("keyframes" if kind == "keyframe" else "segments", index, result)
+        self.rendered[kind] += 1
+        if kind == "keyframe":
+            self._keyframes[index] = result
             self.progress.keyframes_done += 1
         else:
-            index = task.spec.index
-            for seg, frame in self._needed:
-                if seg == index:
-                    self.conditioning[(seg, frame)] = result[frame]
-            self.finished[index] = result
+            self._keep_conditioning(index, result)
+            self._segments[index] = result
             self.progress.segments_done += 1
             self._stitch_ready()
         self.on_progress(self.progress)
+        if not self.pending and self.progress.segments_done == self.progress.segments_total:
+            self._close()
 
     def _stitch_ready(self) -> None:
-        while self.next_to_stitch in self.finished:
-            spec = self.plan.segments[self.next_to_stitch]
-            frames = self.stitcher.add(self.finished.pop(self.next_to_stitch), spec.overlap_prev, spec.overlap_next)
-            remaining = self.plan.total_frames - self.progress.frames_written
-            frames = frames[:remaining]
+        while self._next_to_stitch < len(self.plan.segments):
+            index = self._next_to_stitch
+            if index in self._segments:
+                frames = self._segments.pop(index)
+            elif index in self._saved_segments:
+                frames = self.job.load_frames("segments", index)
+            else:
+                return
+            spec = self.plan.segments[index]
+            frames = self.stitcher.add(frames, spec.overlap_prev, spec.overlap_next)
+            frames = frames[:self.plan.total_frames - self.progress.frames_written]
             self.writer.write(frames)
             self.seams.begin_segment(spec.overlap_prev)
             self.seams.add(frames)
             self.progress.frames_written += len(frames)
-            self.next_to_stitch += 1
+            self._next_to_stitch += 1
 
-    def _recover(self, group, task: _Task, err: Exception):
-        """After a failed task: rebuild its group and allow a retry, or raise with the reason."""
-        message, broken = group.diagnose(err)
-        key = (task.kind, task.spec.index)
-        self.attempts[key] = self.attempts.get(key, 0) + 1
-        if not broken or self.attempts[key] > self.pool.parallel.task_retries:
-            raise RuntimeError(f"{task.kind} {task.spec.index} failed: {message}") from err
-        logger.warning("%s %d: %s; retrying on a rebuilt group", task.kind, task.spec.index, message)
-        return self.pool.rebuild(group)
+    def start(self) -> None:
+        """Stitch what a resumed job already holds; close at once if nothing is left to render."""
+        self._stitch_ready()
+        if not self.pending and self.progress.segments_done == self.progress.segments_total:
+            self._close()
 
-    def run(self) -> Progress:
-        """Render every keyframe and segment, writing frames as they become final."""
-        for spec in self.plan.keyframes:
-            if spec.source == "image":
-                self.keyframes[spec.index] = load_keyframe_image(spec.image, self.plan.width, self.plan.height)
-                self.progress.keyframes_done += 1
-        pending = [_Task("keyframe", k) for k in self.plan.keyframes if k.index not in self.keyframes]
-        pending += [_Task("segment", s) for s in sorted(self.plan.segments, key=lambda s: (s.wave, s.index))]
-        idle = list(self.pool.groups)
-        running: dict[ray.ObjectRef, tuple[object, _Task]] = {}
-        while pending or running:
-            for task in [t for t in pending if t.kind == "keyframe" or self._ready(t.spec)]:
-                if not idle:
-                    break
-                group = idle.pop(0)
-                running[self._start(group, task)] = (group, task)
-                pending.remove(task)
-            if not running:
-                raise RuntimeError(f"plan is stuck: {len(pending)} task(s) wait on frames that nothing renders")
-            (done,), _ = ray.wait(list(running), num_returns=1)
-            group, task = running.pop(done)
-            try:
-                result = ray.get(done)
-            except ray.exceptions.RayError as err:
-                idle.append(self._recover(group, task, err))
-                pending.insert(0, task)
-                continue
-            idle.append(group)
-            self._finish(task, result)
+    def _close(self) -> None:
         if self.progress.frames_written != self.plan.total_frames:
             raise RuntimeError(f"wrote {self.progress.frames_written} of {self.plan.total_frames} frames")
+        self.writer.close()
+        self.finished.set()
+
+    def fail(self, error: BaseException) -> None:
+        """Stop the run: drop pending work, remove the partial output, remember why."""
+        if not self.active:
+            return
+        self.error = error
+        self.pending.clear()
+        self.writer.abort()
+        self.finished.set()
+
+    def wait(self) -> Progress:
+        """Block until the run ends; raise its error if it failed."""
+        self.finished.wait()
+        if self.error is not None:
+            raise self.error
         return self.progress
+
+
+class Dispatcher:
+    """Runs the tasks of many PlanRuns on one WorkerPool, taking runs in turn for each idle group."""
+
+    def __init__(self, pool: WorkerPool):
+        self.pool = pool
+        self.runs: list[PlanRun] = []
+        self._idle: list[ShardGroup] = list(pool.groups)
+        self._running: dict[ray.ObjectRef, tuple[ShardGroup, PlanRun, Task]] = {}
+        self._lock = threading.Lock()
+        self._turn = 0
+
+    def add(self, run: PlanRun) -> None:
+        with self._lock:
+            run.start()
+            if run.active:
+                self.runs.append(run)
+
+    def cancel(self, run: PlanRun, reason: BaseException) -> None:
+        """Fail `run` with `reason` and interrupt its running tasks at their next denoising step."""
+        with self._lock:
+            run.fail(reason)
+            for group, owner, task in self._running.values():
+                if owner is run:
+                    group.call("cancel", task.task_id)
+
+    def running_tasks(self, run: PlanRun) -> list[tuple[ShardGroup, Task]]:
+        with self._lock:
+            return [(group, task) for group, owner, task in self._running.values() if owner is run]
+
+    def step(self, timeout: float | None = 0.2) -> None:
+        """Start ready tasks on idle groups, then wait up to `timeout` s for one to finish and record it."""
+        with self._lock:
+            self.runs = [run for run in self.runs if run.active]
+            self._assign()
+            running = list(self._running)
+        if not running:
+            if self.runs and not self._idle_has_work():
+                stuck = [run for run in self.runs if run.pending]
+                for run in stuck:
+                    run.fail(RuntimeError(f"plan is stuck: {len(run.pending)} task(s) wait on frames nothing renders"))
+            threading.Event().wait(timeout or 0.05)
+            return
+        done, _ = ray.wait(running, num_returns=1, timeout=timeout)
+        for ref in done:
+            self._collect(ref)
+
+    def _idle_has_work(self) -> bool:
+        return any(run._ready(task) for run in self.runs for task in run.pending)
+
+    def _assign(self) -> None:
+        while self._idle:
+            task, run = self._next_ready()
+            if task is None:
+                return
+            group = self._idle.pop(0)
+            method, args = run.call(task)
+            self._running[group.submit(method, *args)] = (group, run, task)
+
+    def _next_ready(self) -> tuple[Task | None, PlanRun | None]:
+        for offset in range(len(self.runs)):
+            run = self.runs[(self._turn + offset) % len(self.runs)]
+            task = run.take_ready()
+            if task is not None:
+                self._turn = (self._turn + offset + 1) % len(self.runs)
+                return task, run
+        return None, None
+
+    def _collect(self, ref: ray.ObjectRef) -> None:
+        with self._lock:
+            group, run, task = self._running.pop(ref)
+        try:
+            result = ray.get(ref)
+        except RenderCancelled:
+            self._release(group)
+            return
+        except ray.exceptions.RayError as err:
+            self._recover(group, run, task, err)
+            return
+        self._release(group)
+        if not run.active:
+            return
+        try:
+            run.complete(task, result)
+        except Exception as err:  # an encoder or disk failure ends this run, not the dispatcher
+            logger.exception("run %d failed while stitching", run.id)
+            run.fail(err)
+
+    def _release(self, group: ShardGroup) -> None:
+        with self._lock:
+            self._idle.append(group)
+
+    def _recover(self, group: ShardGroup, run: PlanRun, task: Task, err: Exception) -> None:
+        """After a failed task: rebuild its group and retry the task, or fail the run with the reason."""
+        message, broken = group.diagnose(err)
+        attempts = run.attempts[task.task_id] = run.attempts.get(task.task_id, 0) + 1
+        fresh = group
+        if broken:
+            try:
+                fresh = self.pool.rebuild(group)
+            except Exception as rebuild_error:  # the group is gone; fail the run but keep the dispatcher alive
+                logger.exception("could not rebuild shard group %d", group.group_id)
+                run.fail(RuntimeError(f"{message}; rebuilding it failed: {rebuild_error}"))
+                return
+            finally:
+                if fresh is not group:
+                    self._release(fresh)
+        else:
+            self._release(group)
+        if not run.active:
+            return
+        if not broken or attempts > self.pool.parallel.task_retries:
+            run.fail(RuntimeError(f"{task.kind} {task.spec.index} failed: {message}"))
+            return
+        logger.warning("%s %d: %s; retrying on a rebuilt group", task.kind, task.spec.index, message)
+        with self._lock:
+            run.pending.insert(0, task)
+
+    def drive(self, run: PlanRun) -> Progress:
+        """Run `run` to its end on this thread (the CLI's way); returns its progress or raises its error."""
+        self.add(run)
+        try:
+            while run.active:
+                self.step(timeout=None if self._running else 0.05)
+        except BaseException as err:  # e.g. KeyboardInterrupt: leave no partial output behind
+            self.cancel(run, err)
+            raise
+        return run.wait()

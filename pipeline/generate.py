@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,15 +103,27 @@ class SegmentGenerator:
         ).frames[0]
         return _to_uint8(out[0])
 
-    def segment(self, request: SegmentRequest) -> np.ndarray:
-        """Render one I2V segment: uint8 (num_frames, height, width, 3)."""
+    def segment(self, request: SegmentRequest,
+                on_step: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Render one I2V segment: uint8 (num_frames, height, width, 3).
+
+        `on_step(step, steps)` runs after each denoising step (1-based); an exception it raises
+        stops the render there.
+        """
         if request.last is not None and not self.preset.supports_last_frame:
             raise ValueError(f"preset {self.preset.name!r} cannot condition on a last frame")
         last = Image.fromarray(request.last) if request.last is not None else None
+        steps = request.steps or self.preset.steps
+
+        def step_end(pipe, index, timestep, tensors):
+            if on_step is not None:
+                on_step(index + 1, steps)
+            return tensors
+
         out = self.i2v(
             image=Image.fromarray(request.first), last_image=last, prompt=request.prompt,
             height=request.height, width=request.width, num_frames=request.num_frames,
-            num_inference_steps=request.steps or self.preset.steps,
+            num_inference_steps=steps, callback_on_step_end=step_end,
             guidance_scale=self.preset.guidance if request.guidance is None else request.guidance,
             generator=self._generator(request.seed), output_type="np",
         ).frames[0]

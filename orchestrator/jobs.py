@@ -1,0 +1,153 @@
+"""The job directory: everything one render needs to be inspected, resumed or served.
+
+    <jobs_root>/<job_id>/request.json   validated request
+                         plan.json      the plan
+                         state.json     state, progress, error (written atomically)
+                         keyframes/     one lossless .npy per keyframe
+                         segments/      one lossless .npy per segment (resume is bit-identical)
+                         output.mp4     appears only when complete
+
+Job ids are generated here (or given by a batch spec entry) and must match `JOB_ID`; anything
+else, including paths, is an unknown job.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from orchestrator.plan import RenderPlan
+from orchestrator.request import RenderRequest
+
+JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+JobStatus = Literal["queued", "planning", "rendering", "stitching", "done", "failed", "cancelled"]
+TERMINAL: frozenset[str] = frozenset({"done", "failed", "cancelled"})
+
+
+class JobProgress(BaseModel):
+    """Finished work so far (counts) and the denoising step of the latest running segment."""
+
+    keyframes_done: int = 0
+    keyframes_total: int = 0
+    segments_done: int = 0
+    segments_total: int = 0
+    frames_written: int = 0
+    frames_total: int = 0
+    step: int | None = Field(None, description="Denoising step of the most recently reported segment (1-based).")
+    steps: int | None = Field(None, description="Denoising steps per segment.")
+
+
+class JobState(BaseModel):
+    """What state.json holds."""
+
+    id: str
+    state: JobStatus = "queued"
+    progress: JobProgress = Field(default_factory=JobProgress)
+    error: str | None = None
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a temporary sibling and a rename: readers see old or new, never half."""
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Job:
+    """One job directory."""
+
+    def __init__(self, root: Path, job_id: str):
+        self.id = job_id
+        self.dir = root / job_id
+
+    @property
+    def output(self) -> Path:
+        return self.dir / "output.mp4"
+
+    def request(self) -> RenderRequest:
+        return RenderRequest.model_validate_json((self.dir / "request.json").read_text())
+
+    def plan(self) -> RenderPlan | None:
+        path = self.dir / "plan.json"
+        return RenderPlan.model_validate_json(path.read_text()) if path.exists() else None
+
+    def save_plan(self, plan: RenderPlan) -> None:
+        atomic_write(self.dir / "plan.json", plan.model_dump_json(indent=2).encode())
+
+    def state(self) -> JobState:
+        return JobState.model_validate_json((self.dir / "state.json").read_text())
+
+    def update(self, **changes) -> JobState:
+        """Change fields of state.json atomically; returns the new state."""
+        state = self.state().model_copy(update={**changes, "updated_at": time.time()})
+        atomic_write(self.dir / "state.json", state.model_dump_json(indent=2).encode())
+        return state
+
+    def _array_path(self, kind: str, index: int) -> Path:
+        return self.dir / kind / f"{index:05d}.npy"
+
+    def save_frames(self, kind: Literal["keyframes", "segments"], index: int, frames: np.ndarray) -> None:
+        """Persist a keyframe or segment (uint8 RGB) losslessly, atomically."""
+        path = self._array_path(kind, index)
+        path.parent.mkdir(exist_ok=True)
+        buffer = io.BytesIO()
+        np.save(buffer, frames)
+        atomic_write(path, buffer.getvalue())
+
+    def saved(self, kind: Literal["keyframes", "segments"]) -> set[int]:
+        folder = self.dir / kind
+        return {int(p.stem) for p in folder.glob("*.npy")} if folder.exists() else set()
+
+    def load_frames(self, kind: Literal["keyframes", "segments"], index: int, mmap: bool = False) -> np.ndarray:
+        return np.load(self._array_path(kind, index), mmap_mode="r" if mmap else None)
+
+
+class JobStore:
+    """Creates and opens job directories under one root."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def create(self, request: RenderRequest, job_id: str | None = None) -> Job:
+        """A new job directory holding request.json and a queued state."""
+        job_id = job_id or uuid.uuid4().hex
+        if not JOB_ID.match(job_id):
+            raise ValueError(f"job id {job_id!r} must be 1-64 letters, digits, '-' or '_', starting alphanumeric")
+        job = Job(self.root, job_id)
+        job.dir.mkdir(parents=True, exist_ok=False)
+        atomic_write(job.dir / "request.json", request.model_dump_json(indent=2).encode())
+        atomic_write(job.dir / "state.json", JobState(id=job_id).model_dump_json(indent=2).encode())
+        return job
+
+    def open(self, job_id: str) -> Job:
+        """The existing job `job_id`; KeyError for anything that is not one of this store's jobs."""
+        if not isinstance(job_id, str) or not JOB_ID.match(job_id):
+            raise KeyError(job_id)
+        job = Job(self.root, job_id)
+        if not (job.dir / "state.json").is_file():
+            raise KeyError(job_id)
+        return job
+
+    def exists(self, job_id: str) -> bool:
+        try:
+            self.open(job_id)
+        except KeyError:
+            return False
+        return True

@@ -1,4 +1,4 @@
-"""`minutereel` command line: render, plan, presets. The only place that reads the environment."""
+"""`minutereel` command line: render, plan, stitch, presets. The only place that reads the environment."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from actors.config import ParallelConfig
 from orchestrator.config import EngineConfig
 from orchestrator.request import RenderRequest, load_storyboard
 from pipeline.config import ModelConfig, SequenceParallelConfig, StitchConfig, default_cache_dir
+from pipeline.seams import SeamReport
+from pipeline.video_io import output_format
 
 logger = logging.getLogger("minutereel")
 
@@ -38,6 +40,30 @@ def _add_request_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sp-degree", type=int, default=1, help="ranks per group (sequence parallelism)")
 
 
+def _add_stitch_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--blend", choices=["linear", "cosine"], default="linear", help="crossfade curve")
+    parser.add_argument("--no-color-correction", dest="color_correction", action="store_false",
+                        help="keep each segment's colours (default: match its mean and spread to the previous "
+                             "segment's in their overlap)")
+    parser.add_argument("--crf", type=int, default=18, help="x264 quality (lower is better)")
+    parser.add_argument("--codec", default="libx264",
+                        help="ffmpeg encoder (default libx264; ffv1 is lossless and needs an .mkv output)")
+
+
+def _stitch_config(args: argparse.Namespace) -> StitchConfig:
+    return StitchConfig(curve=args.blend, crf=args.crf, codec=args.codec, color_correction=args.color_correction)
+
+
+def _print_seams(report: SeamReport) -> None:
+    """One line per seam, then the worst: a jump near 1 is invisible, a hard cut scores far higher."""
+    for s in report.seams:
+        print(f"seam {s.index}|{s.index + 1} at frame {s.frame} (overlap {s.overlap}): jump {s.jump:.2f} "
+              f"(step {s.step:.2f} vs typical {s.typical:.2f} levels)")
+    if report.worst:
+        print(f"{len(report.seams)} seam(s), worst jump {report.worst.jump:.2f} at frame {report.worst.frame} "
+              f"(1 = like a normal frame step)")
+
+
 def _request(args: argparse.Namespace) -> RenderRequest:
     return RenderRequest(
         prompt=args.prompt, storyboard=load_storyboard(args.storyboard) if args.storyboard else [],
@@ -53,7 +79,7 @@ def _engine_config(args: argparse.Namespace) -> EngineConfig:
         model=ModelConfig(preset=args.preset, quantize=args.quantize,
                           cache_dir=Path(cache) if cache else default_cache_dir()),
         parallel=ParallelConfig(workers=args.workers, sequence=SequenceParallelConfig(degree=args.sp_degree)),
-        stitch=StitchConfig(curve=args.blend, crf=args.crf, codec=args.codec),
+        stitch=_stitch_config(args),
         ray_address=os.environ.get("RAY_ADDRESS") or None,
     )
 
@@ -64,6 +90,7 @@ def _render(args: argparse.Namespace) -> int:
     from orchestrator.engine import RenderEngine
 
     request, config = _request(args), _engine_config(args)
+    output_format(Path(args.out), config.stitch.codec)  # a codec/container mismatch fails before Ray starts
     engine = RenderEngine(config)
     try:
         plan = engine.plan(request)
@@ -81,6 +108,7 @@ def _render(args: argparse.Namespace) -> int:
         bar.close()
     finally:
         engine.shutdown()
+    _print_seams(result.seams)
     print(f"wrote {result.path}: {plan.total_frames} frames, {plan.width}x{plan.height} at {plan.fps} fps, "
           f"{len(plan.segments)} segments ({plan.mode}, {engine.pool.size} worker(s)) in {result.seconds:.1f}s")
     return 0
@@ -110,6 +138,19 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stitch(args: argparse.Namespace) -> int:
+    from pipeline.clips import stitch_clips
+    from pipeline.video_io import probe_video
+
+    out = Path(args.out)
+    report = stitch_clips([Path(c) for c in args.clips], args.overlap, out, _stitch_config(args), resize=args.resize)
+    info = probe_video(out)
+    _print_seams(report)
+    print(f"wrote {out}: {report.frames} frames, {info.width}x{info.height} at {info.fps} fps, "
+          f"from {len(args.clips)} clip(s) with {args.overlap}-frame overlaps")
+    return 0
+
+
 def _presets(args: argparse.Namespace) -> int:
     from pipeline.presets import load_preset, preset_names
 
@@ -128,17 +169,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     render = commands.add_parser("render", help="render a video to an MP4")
     _add_request_flags(render)
-    render.add_argument("--out", required=True, help="output MP4 path")
+    render.add_argument("--out", required=True, help="output file (.mp4, .mov, or .mkv)")
     render.add_argument("--quantize", choices=["none", "int8"], default="none", help="weight quantization")
-    render.add_argument("--blend", choices=["linear", "cosine"], default="linear", help="crossfade curve")
-    render.add_argument("--crf", type=int, default=18, help="x264 quality (lower is better)")
-    render.add_argument("--codec", default="libx264", help="ffmpeg encoder")
+    _add_stitch_flags(render)
     render.set_defaults(run=_render)
 
     plan = commands.add_parser("plan", help="print the plan for a render without rendering")
     _add_request_flags(plan)
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.set_defaults(run=_plan)
+
+    stitch = commands.add_parser("stitch", help="stitch existing clips that share overlap frames into one video")
+    stitch.add_argument("clips", nargs="+", metavar="CLIP", help="video files, in order")
+    stitch.add_argument("--overlap", type=int, required=True,
+                        help="frames each clip shares with the next (crossfaded; 0 joins them end to end)")
+    stitch.add_argument("--out", required=True, help="output file (.mp4, .mov, or .mkv)")
+    stitch.add_argument("--resize", action="store_true",
+                        help="scale clips of another size to the first clip's (frame rates must still match)")
+    _add_stitch_flags(stitch)
+    stitch.set_defaults(run=_stitch)
 
     presets = commands.add_parser("presets", help="list model presets")
     presets.set_defaults(run=_presets)

@@ -73,12 +73,14 @@ class RenderEngine:
         return plan_render(self.resolve(request), self.preset)
 
     def open_run(self, plan: RenderPlan, out: Path, job: Job | None = None,
-                 on_progress: Callable[[Progress], None] = lambda progress: None) -> PlanRun:
+                 on_progress: Callable[[Progress], None] = lambda progress: None,
+                 on_stitching: Callable[[], None] = lambda: None) -> PlanRun:
         """A PlanRun writing `out` (as out.partial until complete), saving its work in `job` if given."""
         stitch = self.config.stitch
         writer = VideoWriter(out, plan.width, plan.height, plan.fps, codec=stitch.codec, crf=stitch.crf)
         try:
-            return PlanRun(plan, writer, OverlapStitcher(stitch.curve, stitch.color_correction), job, on_progress)
+            return PlanRun(plan, writer, OverlapStitcher(stitch.curve, stitch.color_correction), job, on_progress,
+                           on_stitching)
         except BaseException:
             writer.abort()
             raise

@@ -53,6 +53,7 @@ class JobState(BaseModel):
     state: JobStatus = "queued"
     progress: JobProgress = Field(default_factory=JobProgress)
     error: str | None = None
+    history: list[str] = Field(default_factory=lambda: ["queued"], description="Every state the job has been in.")
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
 
@@ -95,7 +96,10 @@ class Job:
 
     def update(self, **changes) -> JobState:
         """Change fields of state.json atomically; returns the new state."""
-        state = self.state().model_copy(update={**changes, "updated_at": time.time()})
+        state = self.state()
+        if changes.get("state", state.state) != state.state:
+            changes["history"] = [*state.history, changes["state"]]
+        state = state.model_copy(update={**changes, "updated_at": time.time()})
         atomic_write(self.dir / "state.json", state.model_dump_json(indent=2).encode())
         return state
 

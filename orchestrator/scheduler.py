@@ -74,10 +74,11 @@ class PlanRun:
     """One plan's execution state (driver side). Not thread-safe: the Dispatcher drives it."""
 
     def __init__(self, plan: RenderPlan, writer: VideoWriter, stitcher: OverlapStitcher, job: Job | None = None,
-                 on_progress: Callable[[Progress], None] = lambda progress: None):
+                 on_progress: Callable[[Progress], None] = lambda progress: None,
+                 on_stitching: Callable[[], None] = lambda: None):
         self.id = next(_run_ids)
         self.plan, self.writer, self.stitcher, self.job = plan, writer, stitcher, job
-        self.on_progress = on_progress
+        self.on_progress, self.on_stitching = on_progress, on_stitching
         self.seams = SeamMeter()
         self.progress = Progress(keyframes_total=len(plan.keyframes), segments_total=len(plan.segments),
                                  frames_total=plan.total_frames)
@@ -198,6 +199,7 @@ class PlanRun:
             self._close()
 
     def _close(self) -> None:
+        self.on_stitching()
         if self.progress.frames_written != self.plan.total_frames:
             raise RuntimeError(f"wrote {self.progress.frames_written} of {self.plan.total_frames} frames")
         self.writer.close()
@@ -298,14 +300,15 @@ class Dispatcher:
         except ray.exceptions.RayError as err:
             self._recover(group, run, task, err)
             return
-        self._release(group)
-        if not run.active:
-            return
-        try:
-            run.complete(task, result)
-        except Exception as err:  # an encoder or disk failure ends this run, not the dispatcher
-            logger.exception("run %d failed while stitching", run.id)
-            run.fail(err)
+        with self._lock:  # cancel() may fail the run from another thread
+            self._idle.append(group)
+            if not run.active:
+                return
+            try:
+                run.complete(task, result)
+            except Exception as err:  # an encoder or disk failure ends this run, not the dispatcher
+                logger.exception("run %d failed while stitching", run.id)
+                run.fail(err)
 
     def _release(self, group: ShardGroup) -> None:
         with self._lock:

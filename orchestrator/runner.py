@@ -1,0 +1,171 @@
+"""JobRunner: the long-lived owner of a RenderEngine that serves many jobs at once.
+
+It runs as one Ray actor (see `start_runner`): the Serve ingress and the batch driver submit jobs,
+read their state and cancel them; a background thread drives the engine's Dispatcher, which shares
+the worker pool among all active jobs. Every job lives in a job directory (orchestrator/jobs.py),
+so a restarted runner resumes unfinished jobs where they stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import ray
+
+from orchestrator.config import EngineConfig
+from orchestrator.jobs import TERMINAL, Job, JobProgress, JobStore
+from orchestrator.request import RenderRequest
+from orchestrator.scheduler import PlanRun, Progress
+
+logger = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """Too many unfinished jobs; try again later."""
+
+
+class JobCancelled(Exception):
+    """The job was cancelled by a user."""
+
+
+class JobRunner:
+    """Jobs in, videos out. Methods are safe to call from several threads (a threaded Ray actor)."""
+
+    def __init__(self, config: EngineConfig, jobs_root: str, max_active_jobs: int = 8):
+        from orchestrator.engine import RenderEngine
+
+        self.engine = RenderEngine(config)
+        self.store = JobStore(jobs_root)
+        self.max_active_jobs = max_active_jobs
+        self._runs: dict[str, PlanRun] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._resume_unfinished()
+        self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
+        self._thread.start()
+
+    # -- API -------------------------------------------------------------------------------------
+
+    def submit(self, request: RenderRequest, job_id: str | None = None) -> str:
+        """Plan and queue a render; returns its job id. ValueError for a request that cannot be
+        planned, QueueFull when `max_active_jobs` are unfinished."""
+        plan = self.engine.plan(request)  # raises ValueError before anything is written
+        with self._lock:
+            if len(self._runs) >= self.max_active_jobs:
+                raise QueueFull(f"{len(self._runs)} jobs are unfinished (the limit is {self.max_active_jobs})")
+            job = self.store.create(request, job_id)
+            self._start(job, plan)
+        return job.id
+
+    def resume(self, job_id: str) -> str:
+        """Start an unfinished job again from what its directory holds (batch re-runs)."""
+        job = self.store.open(job_id)
+        with self._lock:
+            if job_id not in self._runs and job.state().state != "done":
+                self._start(job, self.engine.plan(job.request()))
+        return job_id
+
+    def status(self, job_id: str) -> dict:
+        """state.json of `job_id`, with the denoising step of a running segment; KeyError if unknown."""
+        state = self.store.open(job_id).state()
+        run = self._runs.get(job_id)
+        if run is not None:
+            for group, _task in self.engine.dispatcher.running_tasks(run):
+                ready, _ = ray.wait([ref := group.ranks[0].progress.remote()], timeout=1.0)
+                current = ray.get(ref) if ready else None
+                if current:
+                    state.progress.step, state.progress.steps = current["step"], current["steps"]
+                    break
+        return state.model_dump()
+
+    def cancel(self, job_id: str) -> dict:
+        """Stop `job_id`: its running segments stop at their next denoising step; KeyError if unknown."""
+        job = self.store.open(job_id)
+        with self._lock:
+            run = self._runs.get(job_id)
+        if run is not None:
+            self.engine.dispatcher.cancel(run, JobCancelled(f"job {job_id} was cancelled"))
+        elif job.state().state not in TERMINAL:
+            job.update(state="cancelled", error="cancelled before it started")
+        return self.status(job_id)
+
+    def output_path(self, job_id: str) -> str | None:
+        """The finished video's path, or None while the job is not done; KeyError if unknown."""
+        job = self.store.open(job_id)
+        return str(job.output) if job.state().state == "done" and job.output.exists() else None
+
+    def workers(self) -> dict:
+        """Pool occupancy: groups rendering now, groups in all, jobs unfinished."""
+        busy = len({id(group) for run in list(self._runs.values())
+                    for group, _ in self.engine.dispatcher.running_tasks(run)})
+        return {"groups": len(self.engine.pool.groups), "busy": busy, "active_jobs": len(self._runs)}
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.engine.shutdown()
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _start(self, job: Job, plan) -> None:
+        """Open the job's run and hand it to the dispatcher (caller holds the lock)."""
+        job.update(state="planning", error=None)
+        job.save_plan(plan)
+        run = self.engine.open_run(
+            plan, job.output, job,
+            on_progress=lambda progress: self._record(job, progress),
+            on_stitching=lambda: job.update(state="stitching"),
+        )
+        self._runs[job.id] = run
+        job.update(state="rendering", progress=self._progress(run.progress, plan.steps))
+        self.engine.dispatcher.add(run)
+
+    @staticmethod
+    def _progress(progress: Progress, steps: int) -> JobProgress:
+        return JobProgress(**vars(progress), steps=steps)
+
+    def _record(self, job: Job, progress: Progress) -> None:
+        job.update(progress=self._progress(progress, job.state().progress.steps))
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.engine.dispatcher.step(timeout=0.1)
+            except Exception:  # keep serving other jobs; the failing run was already failed
+                logger.exception("dispatcher step failed")
+            self._finish_ended()
+
+    def _finish_ended(self) -> None:
+        with self._lock:
+            ended = [(job_id, run) for job_id, run in self._runs.items() if not run.active]
+            for job_id, _ in ended:
+                del self._runs[job_id]
+        for job_id, run in ended:
+            job = self.store.open(job_id)
+            progress = self._progress(run.progress, job.state().progress.steps)
+            if run.error is None:
+                job.update(state="done", progress=progress)
+            elif isinstance(run.error, JobCancelled):
+                job.update(state="cancelled", error=str(run.error), progress=progress)
+            else:
+                job.update(state="failed", error=f"{type(run.error).__name__}: {run.error}", progress=progress)
+
+    def _resume_unfinished(self) -> None:
+        for folder in sorted(self.store.root.iterdir()):
+            if self.store.exists(folder.name) and self.store.open(folder.name).state().state not in TERMINAL:
+                logger.info("resuming job %s", folder.name)
+                try:
+                    job = self.store.open(folder.name)
+                    with self._lock:
+                        self._start(job, self.engine.plan(job.request()))
+                except Exception as err:
+                    self.store.open(folder.name).update(state="failed", error=f"could not resume: {err}")
+
+
+def start_runner(config: EngineConfig, jobs_root: str, max_active_jobs: int, name: str = "minutereel-runner"):
+    """The named JobRunner actor, created if absent. It reserves no CPU: its pool's ranks do."""
+    actor = ray.remote(JobRunner).options(
+        name=name, get_if_exists=True, num_cpus=0, max_concurrency=16, lifetime="detached",
+    )
+    return actor.remote(config, jobs_root, max_active_jobs)

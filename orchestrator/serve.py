@@ -1,0 +1,165 @@
+"""The Ray Serve application: a thin FastAPI ingress in front of the JobRunner actor.
+
+Long renders are jobs: POST answers 202 with an id at once; state, events, video and cancel are
+separate routes. No handler blocks on rendering: each awaits a short call on the runner.
+
+    serve run orchestrator.serve:build_app jobs_root=/data/jobs      # or: minutereel serve
+    serve deploy configs/serve.yaml
+"""
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from ray import serve
+
+from actors.config import ParallelConfig
+from orchestrator.config import EngineConfig
+from orchestrator.jobs import TERMINAL
+from orchestrator.request import RenderRequest
+from orchestrator.runner import QueueFull, start_runner
+from pipeline.config import ModelConfig, StitchConfig
+
+EVENT_POLL_S = 0.25
+
+
+class ServeSettings(BaseModel):
+    """The application's arguments (the `args:` of configs/serve.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    jobs_root: str = Field(description="Directory holding one folder per job.")
+    max_active_jobs: int = Field(8, ge=1, description="Unfinished jobs accepted before POST answers 429.")
+    runner_name: str = Field("minutereel-runner", description="Name of the JobRunner actor.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Preset and quantization.")
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig, description="Worker pool shape.")
+    stitch: StitchConfig = Field(default_factory=StitchConfig, description="Blending and encoding.")
+
+
+class RenderBody(RenderRequest):
+    """A render request over HTTP. Image paths on the server are not accepted."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"prompt": "a fox", "duration_s": 4}]})
+
+    image: None = Field(None, description="Not accepted over HTTP (a server path).")
+
+    @model_validator(mode="after")
+    def _no_server_paths(self) -> "RenderBody":
+        if any(entry.image for entry in self.storyboard):
+            raise ValueError("storyboard images are not accepted over HTTP (they would be server paths)")
+        return self
+
+
+class Submitted(BaseModel):
+    id: str = Field(description="Job id.")
+    status_url: str = Field(description="GET for state and progress.")
+    events_url: str = Field(description="GET for Server-Sent Events until the job ends.")
+    video_url: str = Field(description="GET for the MP4 once done.")
+
+
+app = FastAPI(
+    title="minutereel",
+    description="Minute-long video renders as jobs: submit, watch progress, download, cancel.",
+    version="0.1.0",
+)
+
+
+def _reason(err: Exception) -> str:
+    """The message of the error an actor raised, without Ray's traceback around it."""
+    cause = getattr(err, "cause", None)
+    return str(cause if cause is not None else err)
+
+
+def _not_found(job_id: str) -> HTTPException:
+    return HTTPException(status_code=404, detail=f"no render {job_id!r}")
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
+@serve.ingress(app)
+class RenderAPI:
+    """HTTP routes; rendering happens on the runner's worker pool, never here."""
+
+    def __init__(self, settings: dict[str, Any]):
+        self.settings = ServeSettings.model_validate(settings)
+        engine = EngineConfig(model=self.settings.model, parallel=self.settings.parallel, stitch=self.settings.stitch)
+        self.runner = start_runner(engine, self.settings.jobs_root, self.settings.max_active_jobs,
+                                   self.settings.runner_name)
+
+    @app.post("/v1/renders", status_code=202, response_model=Submitted)
+    async def submit(self, body: RenderBody, request: Request) -> Submitted:
+        """Queue a render; answers at once with its id (429 when the queue is full)."""
+        try:
+            job_id = await self.runner.submit.remote(RenderRequest.model_validate(body.model_dump()))
+        except QueueFull as err:
+            raise HTTPException(status_code=429, detail=_reason(err), headers={"Retry-After": "10"}) from err
+        except ValueError as err:
+            raise HTTPException(status_code=422, detail=_reason(err)) from err
+        base = str(request.url_for("status", job_id=job_id))
+        return Submitted(id=job_id, status_url=base, events_url=f"{base}/events", video_url=f"{base}/video")
+
+    @app.get("/v1/renders/{job_id}", name="status")
+    async def status(self, job_id: str) -> dict:
+        """State (queued, planning, rendering, stitching, done, failed, cancelled), progress and error."""
+        try:
+            return await self.runner.status.remote(job_id)
+        except KeyError as err:
+            raise _not_found(job_id) from err
+
+    @app.get("/v1/renders/{job_id}/events")
+    async def events(self, job_id: str) -> StreamingResponse:
+        """Server-Sent Events: one `data:` line of state JSON per change, until the job ends."""
+        first = await self.status(job_id)
+        return StreamingResponse(self._stream(job_id, first), media_type="text/event-stream")
+
+    async def _stream(self, job_id: str, state: dict):
+        last = None
+        while True:
+            view = {k: state[k] for k in ("id", "state", "progress", "error", "history")}
+            if view != last:
+                yield f"data: {json.dumps(view)}\n\n"
+                last = view
+            if state["state"] in TERMINAL:
+                return
+            await asyncio.sleep(EVENT_POLL_S)
+            state = await self.runner.status.remote(job_id)
+
+    @app.get("/v1/renders/{job_id}/video", response_class=FileResponse)
+    async def video(self, job_id: str):
+        """The MP4 once the job is done (409 before)."""
+        try:
+            path = await self.runner.output_path.remote(job_id)
+        except KeyError as err:
+            raise _not_found(job_id) from err
+        if path is None:
+            raise HTTPException(status_code=409, detail="the video is not ready; watch the job's state")
+        return FileResponse(path, media_type="video/mp4", filename=f"{job_id}.mp4")
+
+    @app.delete("/v1/renders/{job_id}")
+    async def cancel(self, job_id: str) -> dict:
+        """Cancel: running segments stop at their next denoising step and free their workers."""
+        try:
+            return await self.runner.cancel.remote(job_id)
+        except KeyError as err:
+            raise _not_found(job_id) from err
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict:
+        """Liveness, with the worker pool's occupancy."""
+        return {"status": "ok", "workers": await self.runner.workers.remote()}
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """Serve entry point (`serve run orchestrator.serve:build_app`, configs/serve.yaml). The jobs
+    root comes from args, else MINUTEREEL_JOBS_ROOT, else ./minutereel-jobs."""
+    args = dict(args)
+    args.setdefault("jobs_root", os.environ.get("MINUTEREEL_JOBS_ROOT") or str(Path("minutereel-jobs").resolve()))
+    try:
+        settings = ServeSettings.model_validate(args)
+    except ValidationError as err:
+        raise ValueError(f"invalid minutereel serve settings: {err}") from err
+    return RenderAPI.bind(settings.model_dump(mode="json"))

@@ -88,7 +88,7 @@ class VideoWriter:
                 f"frames must be uint8 (n, {self.height}, {self.width}, 3), got {frames.dtype} {frames.shape}"
             )
         try:
-            self._proc.stdin.write(np.ascontiguousarray(frames).tobytes())
+            self._proc.stdin.write(np.ascontiguousarray(frames).data)  # the buffer itself: no bytes copy
         except BrokenPipeError as err:
             raise RuntimeError(f"ffmpeg stopped while encoding {self.path}: {self._stderr()}") from err
         self.frames_written += len(frames)

@@ -90,7 +90,9 @@ def _render(args: argparse.Namespace) -> int:
     from orchestrator.engine import RenderEngine
 
     request, config = _request(args), _engine_config(args)
-    output_format(Path(args.out), config.stitch.codec)  # a codec/container mismatch fails before Ray starts
+    job = _open_job(args, request)
+    out = Path(args.out) if args.out else job.output
+    output_format(out, config.stitch.codec)  # a codec/container mismatch fails before Ray starts
     engine = RenderEngine(config)
     try:
         plan = engine.plan(request)
@@ -104,13 +106,63 @@ def _render(args: argparse.Namespace) -> int:
                 f"frames {progress.frames_written}/{progress.frames_total}"
             )
 
-        result = engine.render(request, Path(args.out), on_progress=show)
+        if job:
+            job.update(state="rendering", error=None)
+        try:
+            result = engine.render(request, out, on_progress=show, job=job)
+        except BaseException as err:
+            if job:
+                job.update(state="failed", error=f"{type(err).__name__}: {err}")
+            raise
+        if job:
+            job.update(state="done")
         bar.close()
     finally:
         engine.shutdown()
+    if job and result.rendered["segment"] < len(plan.segments):
+        print(f"resumed {job.dir}: rendered {result.rendered['segment']} of {len(plan.segments)} segments")
     _print_seams(result.seams)
     print(f"wrote {result.path}: {plan.total_frames} frames, {plan.width}x{plan.height} at {plan.fps} fps, "
           f"{len(plan.segments)} segments ({plan.mode}, {engine.pool.size} worker(s)) in {result.seconds:.1f}s")
+    return 0
+
+
+def _open_job(args: argparse.Namespace, request: RenderRequest):
+    """The job directory named by --job-dir: new, or (with --resume) the one already there."""
+    from orchestrator.jobs import JobStore
+
+    if not args.job_dir:
+        if args.resume:
+            raise ValueError("--resume needs --job-dir DIR")
+        if not args.out:
+            raise ValueError("give --out FILE (or --job-dir DIR to render into DIR/output.mp4)")
+        return None
+    folder = Path(args.job_dir).resolve()
+    store = JobStore(folder.parent)
+    if not store.exists(folder.name):
+        return store.create(request, job_id=folder.name)
+    if not args.resume:
+        raise ValueError(f"{folder} already holds a job; pass --resume to continue it, or choose a new --job-dir")
+    job = store.open(folder.name)
+    if job.request() != request:
+        raise ValueError(f"{folder} holds a job for a different request; resume it with the same flags")
+    return job
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ray import serve
+
+    from orchestrator.engine import connect_ray
+    from orchestrator.serve import build_app
+
+    config = _engine_config(args)
+    jobs_root = args.jobs_root or os.environ.get("MINUTEREEL_JOBS_ROOT") or str(Path("minutereel-jobs").resolve())
+    connect_ray(config.ray_address)
+    serve.start(http_options={"host": args.host, "port": args.port})
+    app = build_app({"jobs_root": jobs_root, "max_active_jobs": args.max_active_jobs,
+                     **config.model_dump(mode="json", include={"model", "parallel", "stitch"})})
+    print(f"minutereel serving on http://{args.host}:{args.port} (jobs in {jobs_root}); Ctrl-C stops")
+    serve.run(app, name="minutereel", route_prefix="/", blocking=True)
     return 0
 
 
@@ -169,8 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     render = commands.add_parser("render", help="render a video to an MP4")
     _add_request_flags(render)
-    render.add_argument("--out", required=True, help="output file (.mp4, .mov, or .mkv)")
+    render.add_argument("--out", help="output file (.mp4, .mov, or .mkv); default DIR/output.mp4 with --job-dir")
     render.add_argument("--quantize", choices=["none", "int8"], default="none", help="weight quantization")
+    render.add_argument("--job-dir", help="save request, plan, state, keyframes and segments here")
+    render.add_argument("--resume", action="store_true",
+                        help="continue the job in --job-dir, rendering only what is missing")
     _add_stitch_flags(render)
     render.set_defaults(run=_render)
 
@@ -188,6 +243,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="scale clips of another size to the first clip's (frame rates must still match)")
     _add_stitch_flags(stitch)
     stitch.set_defaults(run=_stitch)
+
+    serve_cmd = commands.add_parser("serve", help="serve the HTTP API (Ray Serve) on a local or RAY_ADDRESS cluster")
+    serve_cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve_cmd.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve_cmd.add_argument("--jobs-root", help="job directories (default: $MINUTEREEL_JOBS_ROOT or ./minutereel-jobs)")
+    serve_cmd.add_argument("--max-active-jobs", type=int, default=8, help="unfinished jobs before POST answers 429")
+    serve_cmd.add_argument("--preset", default="tiny", help="model preset (default tiny)")
+    serve_cmd.add_argument("--quantize", choices=["none", "int8"], default="none", help="weight quantization")
+    serve_cmd.add_argument("--workers", type=int, help="shard groups (default: as many as the cluster fits)")
+    serve_cmd.add_argument("--sp-degree", type=int, default=1, help="ranks per group (sequence parallelism)")
+    _add_stitch_flags(serve_cmd)
+    serve_cmd.set_defaults(run=_serve)
 
     presets = commands.add_parser("presets", help="list model presets")
     presets.set_defaults(run=_presets)

@@ -17,7 +17,7 @@ def _visible(rank):
 
 
 if __name__ == "__main__":
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False)
     parallel = ParallelConfig(sequence=SequenceParallelConfig(degree=2))
     use_gpu, groups = cluster_devices(parallel)
     group = ShardGroup(0, ModelConfig(), parallel, use_gpu=use_gpu)

@@ -1,0 +1,137 @@
+"""Batch renders from a YAML spec: what `ray job submit ... -- python -m orchestrator.batch` runs.
+
+    jobs_root: /data/jobs
+    engine: {parallel: {workers: 4}}          # optional: model, parallel, stitch
+    renders:
+      - {id: intro, prompt: "a lighthouse at dusk", duration_s: 60}
+      - {id: story, storyboard: [{at_s: 0, prompt: "..."}, ...], duration_s: 30, mode: bridge}
+
+Each entry renders to <jobs_root>/<id>/output.mp4. Re-running the same spec skips finished
+entries and resumes partial ones from their saved segments. Exits 1 if any entry failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from orchestrator.config import EngineConfig
+from orchestrator.jobs import TERMINAL, JobStore
+from orchestrator.request import RenderRequest
+
+logger = logging.getLogger(__name__)
+
+
+class BatchSpec(BaseModel):
+    """A batch spec file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    jobs_root: Path = Field(description="Directory holding one folder per entry.")
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="Model, pool and stitch settings.")
+    renders: list[dict[str, Any]] = Field(min_length=1, description="Entries: an `id` plus RenderRequest fields.")
+
+
+def load_spec(path: Path) -> BatchSpec:
+    try:
+        return BatchSpec.model_validate(yaml.safe_load(Path(path).read_text()))
+    except (OSError, yaml.YAMLError, ValidationError) as err:
+        raise ValueError(f"batch spec {str(path)!r} is invalid: {err}") from err
+
+
+def _entry(raw: dict[str, Any]) -> tuple[str, RenderRequest]:
+    fields = dict(raw)
+    entry_id = str(fields.pop("id", ""))
+    return entry_id, RenderRequest.model_validate(fields)
+
+
+def run_batch(spec: BatchSpec) -> list[dict]:
+    """Render every entry; returns one summary row per entry."""
+    from orchestrator.engine import connect_ray
+    from orchestrator.runner import JobRunner
+
+    connect_ray(spec.engine.ray_address)
+    store = JobStore(spec.jobs_root)
+    rows: dict[str, dict] = {}
+    started = time.perf_counter()
+    runner = JobRunner(spec.engine, str(spec.jobs_root), max_active_jobs=len(spec.renders))
+    try:
+        for raw in spec.renders:
+            rows.update(_start_entry(runner, store, raw))
+        _wait(runner, [r["id"] for r in rows.values() if r["state"] not in TERMINAL])
+    finally:
+        runner.shutdown()
+    for entry_id, row in rows.items():
+        if row["action"] != "skipped" and store.exists(entry_id):
+            state = store.open(entry_id).state()
+            row.update(state=state.state, error=state.error, frames=state.progress.frames_written)
+        row["seconds"] = round(time.perf_counter() - started, 1)
+    return list(rows.values())
+
+
+def _start_entry(runner, store: JobStore, raw: dict[str, Any]) -> dict[str, dict]:
+    entry_id = str(raw.get("id", "?"))
+    row = {"id": entry_id, "action": "failed", "state": "failed", "frames": 0, "error": None}
+    try:
+        entry_id, request = _entry(raw)
+        row["id"] = entry_id
+        if not store.exists(entry_id):
+            runner.submit(request, job_id=entry_id)
+            row.update(action="rendered", state="rendering")
+            return {entry_id: row}
+        job = store.open(entry_id)
+        if job.request() != request:
+            raise ValueError(f"entry {entry_id!r} differs from the job already in {job.dir}; give it a new id")
+        state = job.state()
+        if state.state == "done" and job.output.exists():
+            row.update(action="skipped", state="done", frames=state.progress.frames_written)
+        else:
+            runner.resume(entry_id)
+            row.update(action="resumed", state="rendering")
+    except (ValueError, ValidationError) as err:
+        row["error"] = str(err).splitlines()[0] if isinstance(err, ValidationError) else str(err)
+    return {row["id"]: row}
+
+
+def _wait(runner, job_ids: list[str], poll_s: float = 0.5) -> None:
+    while any(runner.status(job_id)["state"] not in TERMINAL for job_id in job_ids):
+        time.sleep(poll_s)
+
+
+def print_summary(rows: list[dict]) -> None:
+    print(f"{'id':<24} {'action':<9} {'state':<10} {'frames':>7}  error")
+    for row in rows:
+        print(f"{row['id']:<24} {row['action']:<9} {row['state']:<10} {row['frames']:>7}  {row['error'] or ''}")
+    failed = sum(row["state"] != "done" for row in rows)
+    print(f"{len(rows) - failed} done, {failed} failed")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.batch", description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", required=True, type=Path, help="YAML batch spec")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        spec = load_spec(args.spec)
+        if spec.engine.ray_address is None and os.environ.get("RAY_ADDRESS"):
+            # Under `ray job submit` (or RAY_ADDRESS), attach to that cluster instead of starting one.
+            spec = spec.model_copy(update={"engine": spec.engine.model_copy(
+                update={"ray_address": os.environ["RAY_ADDRESS"]})})
+        rows = run_batch(spec)
+    except ValueError as err:
+        print(f"batch: {err}", file=sys.stderr)
+        return 2
+    print_summary(rows)
+    return 0 if all(row["state"] == "done" for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -150,10 +153,11 @@ def _open_job(args: argparse.Namespace, request: RenderRequest):
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import ray
     from ray import serve
 
     from orchestrator.engine import connect_ray
-    from orchestrator.serve import build_app
+    from orchestrator.serve import ServeSettings, build_app
 
     config = _engine_config(args)
     jobs_root = args.jobs_root or os.environ.get("MINUTEREEL_JOBS_ROOT") or str(Path("minutereel-jobs").resolve())
@@ -161,8 +165,15 @@ def _serve(args: argparse.Namespace) -> int:
     serve.start(http_options={"host": args.host, "port": args.port})
     app = build_app({"jobs_root": jobs_root, "max_active_jobs": args.max_active_jobs,
                      **config.model_dump(mode="json", include={"model", "parallel", "stitch"})})
+    serve.run(app, name="minutereel", route_prefix="/")
     print(f"minutereel serving on http://{args.host}:{args.port} (jobs in {jobs_root}); Ctrl-C stops")
-    serve.run(app, name="minutereel", route_prefix="/", blocking=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    serve.shutdown()
+    with contextlib.suppress(ValueError):  # the runner is detached: it outlives the app unless stopped
+        ray.kill(ray.get_actor(ServeSettings.model_fields["runner_name"].default))
     return 0
 
 

@@ -25,6 +25,9 @@ class ParallelConfig(BaseModel):
     )
     cpus_per_rank: int = Field(1, ge=1, description="CPU cores Ray reserves for each rank (its torch threads).")
     placement_timeout_s: float = Field(120.0, gt=0, description="How long to wait for a group's placement group.")
+    task_timeout_s: float = Field(
+        900.0, gt=0, description="A keyframe or segment running longer is stopped, its group rebuilt, and retried."
+    )
     task_retries: int = Field(
         2, ge=0, description="Times a keyframe or segment is re-run on a rebuilt group after its group fails."
     )

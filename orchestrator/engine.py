@@ -63,6 +63,7 @@ class RenderEngine:
 
     def resolve(self, request: RenderRequest) -> RenderRequest:
         """The request with engine defaults filled in (mode from the pool size)."""
+        load_preset(request.preset)  # an unknown preset: ValueError listing the known ones
         if request.preset != self.preset.name:
             raise ValueError(f"preset {request.preset!r} is not loaded by this engine (it holds {self.preset.name!r})")
         if request.mode is None:

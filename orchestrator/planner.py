@@ -58,6 +58,10 @@ def _check(request: RenderRequest, preset: Preset, mode: str, width: int, height
                 f"{name} {value} is not a multiple of {preset.spatial_multiple} (preset {preset.name!r}); "
                 f"try {round(value / preset.spatial_multiple) * preset.spatial_multiple or preset.spatial_multiple}"
             )
+    if width * height > preset.max_area:
+        raise ValueError(
+            f"width x height {width}x{height} is over the {preset.max_area} pixels preset {preset.name!r} renders"
+        )
     if not preset.is_valid_length(max_len) or max_len > preset.max_frames:
         raise ValueError(
             f"segment_frames {max_len} must be at most {preset.max_frames} and satisfy "

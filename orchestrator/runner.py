@@ -8,17 +8,36 @@ so a restarted runner resumes unfinished jobs where they stopped.
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 
 import ray
+from PIL import Image
 
 from orchestrator.config import EngineConfig
-from orchestrator.jobs import TERMINAL, Job, JobProgress, JobStore
+from orchestrator.jobs import TERMINAL, Job, JobProgress, JobStore, atomic_write
 from orchestrator.request import RenderRequest
 from orchestrator.scheduler import PlanRun, Progress
 
 logger = logging.getLogger(__name__)
+
+
+MAX_IMAGE_PIXELS = 4096 * 4096
+
+
+def check_image(data: bytes) -> None:
+    """Reject what is not a PNG or JPEG, or decodes to more than MAX_IMAGE_PIXELS (a decompression
+    bomb), reading only the header."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            kind, (width, height) = image.format, image.size
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise ValueError(f"image is not a readable PNG or JPEG: {err}") from err
+    if kind not in ("PNG", "JPEG"):
+        raise ValueError(f"image is {kind}; send a PNG or JPEG")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ValueError(f"image is {width}x{height} pixels; the limit is {MAX_IMAGE_PIXELS} pixels")
 
 
 class QueueFull(Exception):
@@ -47,15 +66,22 @@ class JobRunner:
 
     # -- API -------------------------------------------------------------------------------------
 
-    def submit(self, request: RenderRequest, job_id: str | None = None) -> str:
-        """Plan and queue a render; returns its job id. ValueError for a request that cannot be
-        planned, QueueFull when `max_active_jobs` are unfinished."""
-        plan = self.engine.plan(request)  # raises ValueError before anything is written
+    def submit(self, request: RenderRequest, job_id: str | None = None, image: bytes | None = None) -> str:
+        """Plan and queue a render; returns its job id. `image` (PNG/JPEG bytes) is the first
+        keyframe. ValueError for a request that cannot be planned or an unusable image,
+        QueueFull when `max_active_jobs` are unfinished."""
+        if image is not None:
+            check_image(image)
+        self.engine.plan(request)  # raises ValueError before anything is written
         with self._lock:
             if len(self._runs) >= self.max_active_jobs:
                 raise QueueFull(f"{len(self._runs)} jobs are unfinished (the limit is {self.max_active_jobs})")
             job = self.store.create(request, job_id)
-            self._start(job, plan)
+            if image is not None:
+                (job.dir / "first_image").write_bytes(image)
+                request = request.model_copy(update={"image": str(job.dir / "first_image")})
+                atomic_write(job.dir / "request.json", request.model_dump_json(indent=2).encode())
+            self._start(job, self.engine.plan(request))
         return job.id
 
     def resume(self, job_id: str) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -230,6 +231,7 @@ class Dispatcher:
         self.runs: list[PlanRun] = []
         self._idle: list[ShardGroup] = list(pool.groups)
         self._running: dict[ray.ObjectRef, tuple[ShardGroup, PlanRun, Task]] = {}
+        self._deadlines: dict[ray.ObjectRef, float] = {}
         self._lock = threading.Lock()
         self._turn = 0
 
@@ -264,9 +266,24 @@ class Dispatcher:
                     run.fail(RuntimeError(f"plan is stuck: {len(run.pending)} task(s) wait on frames nothing renders"))
             threading.Event().wait(timeout or 0.05)
             return
-        done, _ = ray.wait(running, num_returns=1, timeout=timeout)
+        budget = max(0.0, min(self._deadlines.values()) - time.monotonic())
+        done, _ = ray.wait(running, num_returns=1, timeout=budget if timeout is None else min(timeout, budget))
         for ref in done:
             self._collect(ref)
+        self._expire()
+
+    def _expire(self) -> None:
+        """Tasks past their time budget: their group is rebuilt (it may hang) and the task retried."""
+        now = time.monotonic()
+        with self._lock:
+            overdue = [ref for ref, deadline in self._deadlines.items() if deadline <= now and ref in self._running]
+            expired = [(ref, *self._running.pop(ref)) for ref in overdue]
+            for ref in overdue:
+                del self._deadlines[ref]
+        budget = self.pool.parallel.task_timeout_s
+        for _ref, group, run, task in expired:
+            err = TimeoutError(f"{task.kind} {task.spec.index} exceeded its time budget of {budget:g}s")
+            self._recover(group, run, task, err, broken=True)
 
     def _idle_has_work(self) -> bool:
         return any(run._ready(task) for run in self.runs for task in run.pending)
@@ -278,7 +295,9 @@ class Dispatcher:
                 return
             group = self._idle.pop(0)
             method, args = run.call(task)
-            self._running[group.submit(method, *args)] = (group, run, task)
+            ref = group.submit(method, *args)
+            self._running[ref] = (group, run, task)
+            self._deadlines[ref] = time.monotonic() + self.pool.parallel.task_timeout_s
 
     def _next_ready(self) -> tuple[Task | None, PlanRun | None]:
         for offset in range(len(self.runs)):
@@ -292,6 +311,7 @@ class Dispatcher:
     def _collect(self, ref: ray.ObjectRef) -> None:
         with self._lock:
             group, run, task = self._running.pop(ref)
+            self._deadlines.pop(ref, None)
         try:
             result = ray.get(ref)
         except RenderCancelled:
@@ -314,9 +334,10 @@ class Dispatcher:
         with self._lock:
             self._idle.append(group)
 
-    def _recover(self, group: ShardGroup, run: PlanRun, task: Task, err: Exception) -> None:
+    def _recover(self, group: ShardGroup, run: PlanRun, task: Task, err: Exception, broken: bool = False) -> None:
         """After a failed task: rebuild its group and retry the task, or fail the run with the reason."""
-        message, broken = group.diagnose(err)
+        message, diagnosed_broken = group.diagnose(err)
+        broken = broken or diagnosed_broken
         attempts = run.attempts[task.task_id] = run.attempts.get(task.task_id, 0) + 1
         fresh = group
         if broken:

@@ -8,13 +8,16 @@ separate routes. No handler blocks on rendering: each awaits a short call on the
 """
 
 import asyncio
+import base64
+import binascii
+import hmac
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ray import serve
 
@@ -26,6 +29,8 @@ from orchestrator.runner import QueueFull, start_runner
 from pipeline.config import ModelConfig, StitchConfig
 
 EVENT_POLL_S = 0.25
+MAX_IMAGE_BYTES = 16 * 2**20  # a first-frame image upload, after base64 decoding
+TOKEN_ENV = "MINUTEREEL_API_TOKEN"
 
 
 class ServeSettings(BaseModel):
@@ -36,6 +41,7 @@ class ServeSettings(BaseModel):
     jobs_root: str = Field(description="Directory holding one folder per job.")
     max_active_jobs: int = Field(8, ge=1, description="Unfinished jobs accepted before POST answers 429.")
     runner_name: str = Field("minutereel-runner", description="Name of the JobRunner actor.")
+    api_token: str | None = Field(None, description="Bearer token every route but /healthz requires (None: open).")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Preset and quantization.")
     parallel: ParallelConfig = Field(default_factory=ParallelConfig, description="Worker pool shape.")
     stitch: StitchConfig = Field(default_factory=StitchConfig, description="Blending and encoding.")
@@ -46,7 +52,10 @@ class RenderBody(RenderRequest):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"prompt": "a fox", "duration_s": 4}]})
 
-    image: None = Field(None, description="Not accepted over HTTP (a server path).")
+    image: None = Field(None, description="Not accepted over HTTP (a server path); send image_base64.")
+    image_base64: str | None = Field(
+        None, description=f"First keyframe as a base64 PNG or JPEG, at most {MAX_IMAGE_BYTES // 2**20} MiB decoded."
+    )
 
     @model_validator(mode="after")
     def _no_server_paths(self) -> "RenderBody":
@@ -75,8 +84,33 @@ def _reason(err: Exception) -> str:
     return str(cause if cause is not None else err)
 
 
+def _decode_image(data: str | None) -> bytes | None:
+    if data is None:
+        return None
+    if len(data) > MAX_IMAGE_BYTES * 4 // 3 + 4:
+        raise HTTPException(status_code=413, detail=f"image_base64 is over {MAX_IMAGE_BYTES // 2**20} MiB")
+    try:
+        return base64.b64decode(data, validate=True)
+    except binascii.Error as err:
+        raise HTTPException(status_code=422, detail=f"image_base64 is not base64: {err}") from err
+
+
 def _not_found(job_id: str) -> HTTPException:
     return HTTPException(status_code=404, detail=f"no render {job_id!r}")
+
+
+@app.middleware("http")
+async def require_token(request: Request, call_next):
+    """With an api_token set, every route but /healthz needs `Authorization: Bearer <token>`."""
+    # Serve runs a frozen copy of `app` in each replica, out of the deployment's reach; build_app
+    # hands the token to the replica process through its environment instead.
+    token = os.environ.get(TOKEN_ENV)
+    if token and request.url.path != "/healthz":
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return JSONResponse(status_code=401, content={"detail": "missing or wrong bearer token"},
+                                headers={"WWW-Authenticate": "Bearer"})
+    return await call_next(request)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
@@ -92,9 +126,11 @@ class RenderAPI:
 
     @app.post("/v1/renders", status_code=202, response_model=Submitted)
     async def submit(self, body: RenderBody, request: Request) -> Submitted:
-        """Queue a render; answers at once with its id (429 when the queue is full)."""
+        """Queue a render; answers at once with its id (413 for an oversize image, 429 when the queue is full)."""
+        image = _decode_image(body.image_base64)
+        fields = body.model_dump(exclude={"image", "image_base64"})
         try:
-            job_id = await self.runner.submit.remote(RenderRequest.model_validate(body.model_dump()))
+            job_id = await self.runner.submit.remote(RenderRequest.model_validate(fields), image=image)
         except QueueFull as err:
             raise HTTPException(status_code=429, detail=_reason(err), headers={"Retry-After": "10"}) from err
         except ValueError as err:
@@ -155,11 +191,15 @@ class RenderAPI:
 
 def build_app(args: dict[str, Any]) -> serve.Application:
     """Serve entry point (`serve run orchestrator.serve:build_app`, configs/serve.yaml). The jobs
-    root comes from args, else MINUTEREEL_JOBS_ROOT, else ./minutereel-jobs."""
+    root comes from args, else MINUTEREEL_JOBS_ROOT, else ./minutereel-jobs; the bearer token from
+    args, else MINUTEREEL_API_TOKEN."""
     args = dict(args)
     args.setdefault("jobs_root", os.environ.get("MINUTEREEL_JOBS_ROOT") or str(Path("minutereel-jobs").resolve()))
+    args.setdefault("api_token", os.environ.get(TOKEN_ENV) or None)
     try:
         settings = ServeSettings.model_validate(args)
     except ValidationError as err:
         raise ValueError(f"invalid minutereel serve settings: {err}") from err
-    return RenderAPI.bind(settings.model_dump(mode="json"))
+    env = {TOKEN_ENV: settings.api_token} if settings.api_token else {}
+    options = {"num_cpus": 0, "runtime_env": {"env_vars": env}}
+    return RenderAPI.options(ray_actor_options=options).bind(settings.model_dump(mode="json", exclude={"api_token"}))

@@ -38,6 +38,7 @@ class Preset(BaseModel):
     max_frames: int = Field(ge=1, description="Longest segment the model renders, in frames.")
     native_fps: int = Field(ge=1, description="Frame rate the model was trained at.")
     spatial_multiple: int = Field(ge=1, description="Width and height must be multiples of this, in pixels.")
+    max_area: int = Field(ge=1, description="Largest width * height in pixels the preset renders.")
     default_width: int = Field(ge=1, description="Default width in pixels.")
     default_height: int = Field(ge=1, description="Default height in pixels.")
     supports_last_frame: bool = Field(description="Whether the I2V model takes a last-frame condition.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -30,28 +31,53 @@ def tiny_cache(tmp_path_factory):
     return cache
 
 
+def _stop_cluster(temp_dir: Path) -> None:
+    """Stop only the Ray processes of the cluster rooted at `temp_dir` (`ray stop` would stop
+    every cluster this user runs on the machine, other test sessions' included)."""
+    import psutil
+
+    procs = []
+    for proc in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if str(temp_dir) in " ".join(proc.info["cmdline"] or ()):
+                procs.append(proc)
+                proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=15)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+
+
 @pytest.fixture(scope="session")
-def ray_cluster():
+def ray_cluster(tmp_path_factory):
     """The session's Ray cluster, started as users start one (`ray start --head`, two CPU slots
     like this machine, with the job server for `ray job submit`). Yields its address; the
     dashboard address is in RAY_JOB_ADDRESS for the duration.
 
     Token auth is off for this loopback-only cluster: a token left in ~/.ray by an earlier cluster
-    would otherwise make `ray job submit` fail to authenticate. Teardown runs `ray stop`, which
-    stops every Ray cluster this user runs on the machine.
+    would otherwise make `ray job submit` fail to authenticate.
     """
     import ray
 
     os.environ["RAY_AUTH_MODE"] = "disabled"
+    temp_dir = tmp_path_factory.mktemp("ray")
     port, dashboard = _free_port(), _free_port()
-    subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
-                    "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-                    "--disable-usage-stats"], check=True, capture_output=True, timeout=120)
-    address = f"127.0.0.1:{port}"
-    os.environ["RAY_JOB_ADDRESS"] = f"http://127.0.0.1:{dashboard}"
+    # Fixed default ports (client server 10001, dashboard agent 52365, ...) would collide with
+    # another test session's cluster on the same machine: take free ones.
+    ports = [f"--{name}={_free_port()}" for name in (
+        "ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+        "runtime-env-agent-port", "metrics-export-port")]
     try:
+        subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0", *ports,
+                        f"--temp-dir={temp_dir}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                        f"--dashboard-port={dashboard}", "--disable-usage-stats"],
+                       check=True, capture_output=True, text=True, timeout=120)
+        address = f"127.0.0.1:{port}"
+        os.environ["RAY_JOB_ADDRESS"] = f"http://127.0.0.1:{dashboard}"
         ray.init(address=address, logging_level=logging.WARNING)
         yield address
+    except subprocess.CalledProcessError as err:
+        raise RuntimeError(f"ray start failed: {err.stdout[-2000:]} {err.stderr[-2000:]}") from err
     finally:
         ray.shutdown()
-        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+        _stop_cluster(temp_dir)

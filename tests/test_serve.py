@@ -1,10 +1,19 @@
 """The Ray Serve app over real HTTP: submit, progress, SSE, download, cancel, 429, errors."""
 
+import base64
+import io
 import json
+import os
 import socket
+import struct
+import subprocess
+import sys
 import time
+import zlib
+from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import ray
 from ray import serve
@@ -12,6 +21,7 @@ from ray import serve
 from pipeline.video_io import read_video
 
 MAX_ACTIVE = 2
+TOKEN = "test-token"
 
 
 def _free_port():
@@ -29,9 +39,11 @@ def api(ray_cluster, tiny_cache, tmp_path_factory):
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app({"jobs_root": str(jobs), "max_active_jobs": MAX_ACTIVE, "runner_name": "test-runner",
-                         "model": {"cache_dir": str(tiny_cache)}, "parallel": {"workers": 2}}),
+                         "api_token": TOKEN, "model": {"cache_dir": str(tiny_cache)},
+                         "parallel": {"workers": 2}}),
               name="minutereel", route_prefix="/")
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30,
+                          headers={"Authorization": f"Bearer {TOKEN}"})
     _wait(lambda: client.get("/healthz").status_code == 200, 120)
     yield client, jobs
     client.close()
@@ -133,6 +145,9 @@ def test_full_queue_answers_429(api):
     ("post", "/v1/renders", {"prompt": "a fox", "width": 100, "mode": "chain"}, 422),
     ("post", "/v1/renders", {"prompt": "a fox", "overlap_frames": 30, "mode": "chain"}, 422),
     ("post", "/v1/renders", {"prompt": "a fox", "image": "/etc/passwd"}, 422),
+    ("post", "/v1/renders", {"prompt": "a fox", "width": 1024, "height": 1024, "mode": "chain"}, 422),
+    ("post", "/v1/renders", {"prompt": "a fox", "image_base64": "not base64!"}, 422),
+    ("post", "/v1/renders", {"prompt": "a fox", "image_base64": base64.b64encode(b"GIF89a....").decode()}, 422),
 ])
 def test_bad_requests(api, method, path, body, status):
     client, _ = api
@@ -158,3 +173,77 @@ def test_openapi_describes_every_request_field(api):
     assert not undocumented
     assert {"/v1/renders", "/v1/renders/{job_id}", "/v1/renders/{job_id}/events", "/v1/renders/{job_id}/video",
             "/healthz"} <= set(schema["paths"])
+
+
+def test_unknown_preset_lists_the_presets(api):
+    client, _ = api
+    response = client.post("/v1/renders", json={"prompt": "a fox", "preset": "sora"})
+    assert response.status_code == 422 and "known presets: tiny" in response.json()["detail"]
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims width x height pixels but carries almost no data: a decompression bomb's header."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
+def test_hostile_images(api):
+    client, _ = api
+    bomb = base64.b64encode(_png_header_only(50_000, 50_000)).decode()
+    response = client.post("/v1/renders", json={"prompt": "a fox", "image_base64": bomb, "mode": "chain"})
+    assert response.status_code == 422 and "pixels" in response.json()["detail"]
+    huge = "A" * (17 * 2**20 * 4 // 3)
+    assert client.post("/v1/renders", json={"prompt": "a fox", "image_base64": huge}).status_code == 413
+    assert client.get("/healthz").status_code == 200
+
+
+def test_uploaded_image_is_the_first_keyframe(api):
+    from PIL import Image
+
+    client, jobs = api
+    picture = (np.indices((128, 128)).sum(axis=0) % 256).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(np.stack([picture] * 3, axis=-1)).save(buffer, format="PNG")
+    job = _submit(client, duration_s=1.0, image_base64=base64.b64encode(buffer.getvalue()).decode())
+    _wait(lambda: client.get(job["status_url"]).json()["state"] == "done", 120)
+    plan = json.loads((jobs / job["id"] / "plan.json").read_text())
+    assert plan["keyframes"][0]["source"] == "image"
+
+
+def test_token_guards_every_route_but_healthz(api):
+    client, _ = api
+    bare = httpx.Client(base_url=client.base_url, timeout=30)
+    assert bare.get("/healthz").status_code == 200
+    for method, path in (("GET", "/v1/renders/abc"), ("POST", "/v1/renders"), ("GET", "/openapi.json"),
+                         ("DELETE", "/v1/renders/abc"), ("GET", "/v1/renders/abc/video")):
+        response = bare.request(method, path, json={"prompt": "x"} if method == "POST" else None)
+        assert response.status_code == 401, (method, path)
+    wrong = bare.get("/v1/renders/abc", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    assert client.get("/v1/renders/abc").status_code == 404  # with the token: on to the route
+
+
+def test_schemathesis_finds_no_server_errors(api):
+    client, _ = api
+    st = str(Path(sys.executable).with_name("st"))
+    done = subprocess.run(
+        [st, "run", f"{str(client.base_url).rstrip('/')}/openapi.json", "--checks", "not_a_server_error",
+         "--max-examples", "15",
+         "--header", f"Authorization: Bearer {TOKEN}", "--request-timeout", "30", "--phases", "examples,fuzzing",
+         "--generation-deterministic", "--no-color"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "SCHEMATHESIS_HOOKS": ""},
+    )
+    print(done.stdout[-3000:])
+    try:
+        assert done.returncode == 0, done.stdout[-4000:]
+    finally:
+        for folder in api[1].iterdir():
+            if folder.is_dir() and json.loads((folder / "state.json").read_text())["state"] not in (
+                    "done", "failed", "cancelled"):
+                client.delete(f"/v1/renders/{folder.name}")
+        _wait(lambda: client.get("/healthz").json()["workers"]["active_jobs"] == 0, 120)
+    assert client.get("/healthz").status_code == 200

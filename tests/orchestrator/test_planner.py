@@ -89,6 +89,7 @@ def test_default_mode_follows_workers():
 
 @pytest.mark.parametrize(("fields", "message"), [
     ({"mode": "chain", "width": 100}, "width 100 is not a multiple of 16"),
+    ({"mode": "chain", "width": 512, "height": 512}, "512x512 is over the 65536 pixels"),
     ({"mode": "chain", "segment_frames": 50}, "segment_frames 50"),
     ({"mode": "chain", "segment_frames": 85}, "at most 81"),
     ({"mode": "chain", "overlap_frames": 21}, "overlap_frames 21"),

@@ -1,0 +1,55 @@
+"""Failures end jobs with a reason and leave no output: a dead encoder, a segment over budget."""
+
+import time
+
+import psutil
+import pytest
+
+from actors.config import ParallelConfig
+from orchestrator.config import EngineConfig
+from orchestrator.request import RenderRequest
+from pipeline.config import ModelConfig
+
+
+def _wait(predicate, timeout_s):
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def _ffmpeg_children():
+    return [p for p in psutil.Process().children(recursive=True) if "ffmpeg" in p.name()]
+
+
+def test_ffmpeg_dying_mid_encode_fails_the_job_with_no_output(ray_cluster, tiny_cache, tmp_path):
+    from orchestrator.runner import JobRunner
+
+    runner = JobRunner(EngineConfig(model=ModelConfig(cache_dir=tiny_cache), parallel=ParallelConfig(workers=2)),
+                       str(tmp_path), max_active_jobs=1)
+    try:
+        job_id = runner.submit(RenderRequest(prompt="a fox", duration_s=20.0, mode="bridge", segment_frames=33))
+        _wait(lambda: runner.status(job_id)["progress"]["frames_written"] > 0, 120)
+        for proc in _ffmpeg_children():
+            proc.kill()
+        _wait(lambda: runner.status(job_id)["state"] in ("failed", "done"), 120)
+        state = runner.status(job_id)
+    finally:
+        runner.shutdown()
+    assert state["state"] == "failed"
+    assert "ffmpeg" in state["error"]
+    assert not [p.name for p in (tmp_path / job_id).iterdir() if p.name.startswith("output")]
+
+
+def test_segment_over_its_time_budget_is_retried_then_fails_the_render(ray_cluster, tiny_cache, tmp_path):
+    from orchestrator.engine import RenderEngine
+
+    parallel = ParallelConfig(workers=1, task_timeout_s=0.5, task_retries=1)
+    engine = RenderEngine(EngineConfig(model=ModelConfig(cache_dir=tiny_cache), parallel=parallel))
+    try:
+        with pytest.raises(RuntimeError, match=r"segment 0 failed: .*exceeded its time budget of 0.5s|"
+                                               r"keyframe 0 failed: .*exceeded its time budget"):
+            engine.render(RenderRequest(prompt="a fox", duration_s=5.0, mode="chain"), tmp_path / "x.mp4")
+    finally:
+        engine.shutdown()
+    assert list(tmp_path.iterdir()) == []

@@ -99,7 +99,10 @@ class JobRunner:
         if run is not None:
             for group, _task in self.engine.dispatcher.running_tasks(run):
                 ready, _ = ray.wait([ref := group.ranks[0].progress.remote()], timeout=1.0)
-                current = ray.get(ref) if ready else None
+                try:
+                    current = ray.get(ref) if ready else None
+                except ray.exceptions.RayError:  # the group just died; the dispatcher rebuilds it
+                    current = None
                 if current:
                     state.progress.step, state.progress.steps = current["step"], current["steps"]
                     break
@@ -128,8 +131,14 @@ class JobRunner:
         return {"groups": len(self.engine.pool.groups), "busy": busy, "active_jobs": len(self._runs)}
 
     def shutdown(self) -> None:
+        """Stop serving. Unfinished jobs keep their state and saved work: the next runner on the
+        same jobs root resumes them."""
         self._stop.set()
         self._thread.join(timeout=10)
+        with self._lock:
+            for run in self._runs.values():
+                run.fail(RuntimeError("the job runner stopped"))  # closes the encoder, drops the partial file
+            self._runs.clear()
         self.engine.shutdown()
 
     # -- internals -------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 import time
 
+import numpy as np
 import psutil
 import pytest
 
@@ -53,3 +54,31 @@ def test_segment_over_its_time_budget_is_retried_then_fails_the_render(ray_clust
     finally:
         engine.shutdown()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_restarted_runner_resumes_unfinished_jobs(ray_cluster, tiny_cache, tmp_path):
+    from orchestrator.runner import JobRunner
+    from pipeline.video_io import read_video
+
+    config = EngineConfig(model=ModelConfig(cache_dir=tiny_cache), parallel=ParallelConfig(workers=2))
+    request = RenderRequest(prompt="a fox", duration_s=8.0, mode="bridge", segment_frames=17, overlap_frames=4)
+    runner = JobRunner(config, str(tmp_path / "jobs"), max_active_jobs=2)
+    try:
+        job_id = runner.submit(request)
+        segments = tmp_path / "jobs" / job_id / "segments"
+        _wait(lambda: len(list(segments.glob("*.npy"))) >= 2, 120)
+    finally:
+        runner.shutdown()  # a server going down mid-render
+    kept = {p.name: p.stat().st_mtime_ns for p in segments.glob("*.npy")}
+    assert runner.status(job_id)["state"] == "rendering"
+
+    restarted = JobRunner(config, str(tmp_path / "jobs"), max_active_jobs=2)
+    try:
+        _wait(lambda: restarted.status(job_id)["state"] == "done", 180)
+        clean_id = restarted.submit(request)
+        _wait(lambda: restarted.status(clean_id)["state"] == "done", 180)
+    finally:
+        restarted.shutdown()
+    assert {name: (segments / name).stat().st_mtime_ns for name in kept} == kept  # saved work was not redone
+    resumed, clean = (read_video(tmp_path / "jobs" / j / "output.mp4")[0] for j in (job_id, clean_id))
+    np.testing.assert_array_equal(resumed, clean)

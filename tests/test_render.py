@@ -1,5 +1,7 @@
 """End to end through Ray actors: plan -> shard groups -> stitcher -> ffmpeg -> decoded MP4."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -53,3 +55,25 @@ def test_bad_request_fails_before_any_file(engine, tmp_path):
     with pytest.raises(ValueError, match="width 120"):
         engine.render(RenderRequest(prompt="a fox", duration_s=1.0, width=120, mode="chain"), tmp_path / "x.mp4")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_storyboard_with_three_prompts_and_an_image_renders(engine, tmp_path):
+    from PIL import Image
+
+    from orchestrator.request import load_storyboard
+
+    Image.fromarray(np.full((64, 64, 3), (200, 40, 40), np.uint8)).save(tmp_path / "red.png")
+    (tmp_path / "story.yaml").write_text(
+        "- {at_s: 0, prompt: a calm sea}\n"
+        "- {at_s: 3, prompt: a storm gathers, image: red.png}\n"
+        "- {at_s: 6, prompt: lightning over the waves}\n"
+    )
+    request = RenderRequest(storyboard=load_storyboard(tmp_path / "story.yaml"), duration_s=9.0, mode="bridge",
+                            segment_frames=33)
+    result = engine.render(request, tmp_path / "story.mp4")
+    plan = result.plan
+    assert read_video(result.path)[1].frames == 144
+    images = [(k.frame, Path(k.image).name) for k in plan.keyframes if k.source == "image"]
+    assert len(images) == 1 and images[0][1] == "red.png" and abs(images[0][0] - 48) <= 16
+    prompts = [s.prompt for s in plan.segments]
+    assert prompts[0] == "a calm sea" and prompts[-1] == "lightning over the waves" and "a storm gathers" in prompts

@@ -214,14 +214,32 @@ def _stitch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size(num_bytes: float) -> str:
+    return f"{num_bytes / 2**30:.1f} GiB" if num_bytes >= 2**30 / 10 else f"{num_bytes / 2**20:.1f} MiB"
+
+
 def _presets(args: argparse.Namespace) -> int:
+    from pipeline.memory import SP_DEGREES, estimate_memory
     from pipeline.presets import load_preset, preset_names
 
     for name in preset_names():
         p = load_preset(name)
-        print(f"{p.name}: modes {', '.join(p.modes)}; {p.native_fps} fps; frames % {p.frame_modulus} == "
-              f"{p.frame_remainder}, at most {p.max_frames}; default {p.default_width}x{p.default_height}. "
-              f"{p.description}")
+        sizes = ", ".join(f"{w}x{h}" + (" (default)" if (w, h) == (p.default_width, p.default_height) else "")
+                          for w, h in p.resolution_buckets)
+        print(f"{p.name}: {p.description}")
+        print(f"  I2V {p.i2v_model} ({p.i2v_pipeline}); keyframes {p.t2i_model} ({p.t2i_pipeline})")
+        print(f"  modes {', '.join(p.modes)}; {p.native_fps} fps native; frames % {p.frame_modulus} == "
+              f"{p.frame_remainder}, at most {p.max_frames}; sizes {sizes}; {p.steps} steps, guidance {p.guidance}; "
+              f"SP backend {p.sp_backend}")
+        print(f"  GPU memory per rank for one {p.max_frames}-frame {p.default_width}x{p.default_height} segment "
+              f"(weights + activations) at SP degree " + " / ".join(map(str, SP_DEGREES)) + ":")
+        for quantize, label in (("none", p.dtype), ("int8", "int8")):
+            estimates = [estimate_memory(p, quantize, degree) for degree in SP_DEGREES]
+            print(f"    {label:>8}: " + " / ".join(_size(e.total) for e in estimates)
+                  + f"  (weights {_size(estimates[0].weights)})")
+    print("Estimate (pipeline/memory.py): both pipelines' weights on every rank, since sequence parallelism splits "
+          "activations, not weights; plus one transformer block's peak activations, split over the ranks. Leaves "
+          "out the CUDA context, the VAE decode workspace and text-encoder activations.")
     return 0
 
 

@@ -5,14 +5,43 @@ This module imports neither torch nor diffusers, so the planner can use presets 
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ContinuityMode = Literal["chain", "keyframes", "bridge"]
+
+EMBEDDED_PREFIX = "embedded://"
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def checkpoint_kind(model: str) -> Literal["embedded", "local", "hub"]:
+    """How a preset names a checkpoint: `embedded://NAME`, an absolute directory, or a hub id `owner/name`."""
+    if model.startswith(EMBEDDED_PREFIX):
+        return "embedded"
+    if Path(model).is_absolute():
+        return "local"
+    if HUB_ID.fullmatch(model):
+        return "hub"
+    raise ValueError(f"checkpoint {model!r} is neither a hub id (owner/name), an absolute directory nor embedded://NAME")
+
+
+class ModelSize(BaseModel):
+    """What the GPU-memory estimate needs to know about a preset's models, without loading them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    i2v_params: dict[str, float] = Field(description="Parameters of each I2V pipeline component (count).")
+    t2i_params: dict[str, float] = Field(
+        description="Parameters of each T2I pipeline component the I2V pipeline does not lend it (count)."
+    )
+    hidden_dim: int = Field(ge=1, description="Width of the I2V transformer's token stream.")
+    ffn_dim: int = Field(ge=1, description="Width of the I2V transformer's feed-forward layer.")
 
 
 class Preset(BaseModel):
@@ -23,27 +52,51 @@ class Preset(BaseModel):
     name: str = Field(description="Preset name, as given to --preset.")
     family: str = Field(description="Model family, e.g. 'wan'.")
     description: str = Field("", description="One line for `minutereel presets`.")
-    i2v_model: str = Field(description="I2V checkpoint: hub id, local directory or embedded://NAME.")
+    i2v_model: str = Field(description="I2V checkpoint: hub id, absolute local directory or embedded://NAME.")
     i2v_pipeline: str = Field(description="diffusers pipeline class of the I2V checkpoint.")
-    t2i_model: str = Field(description="Keyframe (T2I) checkpoint: hub id, local directory or embedded://NAME.")
-    t2i_pipeline: str = Field(description="diffusers pipeline class of the T2I checkpoint.")
+    t2i_model: str = Field(description="Keyframe (T2I) checkpoint: hub id, absolute local directory or embedded://NAME.")
+    t2i_pipeline: str = Field(description="diffusers pipeline class of the T2I checkpoint (a video or image pipeline).")
     t2i_shares: tuple[str, ...] = Field(
         (), description="Components the T2I pipeline borrows from the loaded I2V pipeline (e.g. vae)."
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field("bfloat16", description="Compute dtype.")
     steps: int = Field(ge=1, description="Default denoising steps.")
     guidance: float = Field(ge=0.0, description="Default guidance scale (1.0 means no CFG).")
+    t2i_steps: int | None = Field(
+        None, ge=1, description="Keyframe denoising steps; None: the I2V's (a T2I model of the same family)."
+    )
+    t2i_guidance: float | None = Field(
+        None, ge=0.0, description="Keyframe guidance scale; None: the I2V's (a T2I model of the same family)."
+    )
+    t2i_max_sequence_length: int | None = Field(
+        None, ge=1, description="Prompt tokens the T2I model reads; None: its pipeline's default."
+    )
     frame_modulus: int = Field(ge=1, description="Segment lengths satisfy num_frames % modulus == remainder.")
     frame_remainder: int = Field(ge=0, description="See frame_modulus.")
     max_frames: int = Field(ge=1, description="Longest segment the model renders, in frames.")
     native_fps: int = Field(ge=1, description="Frame rate the model was trained at.")
-    spatial_multiple: int = Field(ge=1, description="Width and height must be multiples of this, in pixels.")
+    spatial_multiple: int = Field(
+        ge=1, description="Width and height must be multiples of this, in pixels (VAE stride x patch size)."
+    )
     max_area: int = Field(ge=1, description="Largest width * height in pixels the preset renders.")
+    resolution_buckets: tuple[tuple[int, int], ...] = Field(
+        min_length=1, description="Sizes [width, height] in pixels the model was trained at."
+    )
     default_width: int = Field(ge=1, description="Default width in pixels.")
     default_height: int = Field(ge=1, description="Default height in pixels.")
     supports_last_frame: bool = Field(description="Whether the I2V model takes a last-frame condition.")
-    quantize_components: tuple[str, ...] = Field((), description="Pipeline components int8 quantizes.")
+    quantize_components: tuple[str, ...] = Field((), description="I2V pipeline components int8 quantizes.")
+    t2i_quantize_components: tuple[str, ...] = Field(
+        (), description="T2I pipeline components int8 quantizes (borrowed ones are quantized with the I2V's)."
+    )
     sp_backend: Literal["diffusers", "xfuser"] = Field("diffusers", description="Sequence-parallel backend.")
+    size: ModelSize = Field(description="Parameter counts and transformer widths, for `minutereel presets`.")
+
+    @field_validator("i2v_model", "t2i_model")
+    @classmethod
+    def _check_checkpoint(cls, value: str) -> str:
+        checkpoint_kind(value)
+        return value
 
     @model_validator(mode="after")
     def _check_frame_rule(self) -> Preset:
@@ -56,6 +109,29 @@ class Preset(BaseModel):
                 raise ValueError(f"{name} must be a multiple of spatial_multiple {self.spatial_multiple}")
         return self
 
+    @model_validator(mode="after")
+    def _check_buckets(self) -> Preset:
+        for width, height in self.resolution_buckets:
+            if width % self.spatial_multiple or height % self.spatial_multiple:
+                raise ValueError(f"resolution bucket {width}x{height} is not a multiple of {self.spatial_multiple}")
+            if width * height > self.max_area:
+                raise ValueError(f"resolution bucket {width}x{height} is over max_area {self.max_area}")
+        if (self.default_width, self.default_height) not in self.resolution_buckets:
+            raise ValueError(
+                f"default size {self.default_width}x{self.default_height} is not one of the resolution_buckets"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> Preset:
+        for component in self.quantize_components:
+            if component not in self.size.i2v_params:
+                raise ValueError(f"quantize_components names {component!r}, which size.i2v_params does not list")
+        for component in self.t2i_quantize_components:
+            if component not in self.size.t2i_params:
+                raise ValueError(f"t2i_quantize_components names {component!r}, which size.t2i_params does not list")
+        return self
+
     @property
     def modes(self) -> tuple[ContinuityMode, ...]:
         """Continuity modes this preset can render."""
@@ -63,6 +139,11 @@ class Preset(BaseModel):
 
     def is_valid_length(self, num_frames: int) -> bool:
         return num_frames % self.frame_modulus == self.frame_remainder
+
+
+def preset_path(name: str) -> Path:
+    """The YAML file of a shipped preset (edit it to point a checkpoint at a local directory)."""
+    return Path(str(resources.files("configs") / "presets" / f"{name}.yaml"))
 
 
 def preset_names() -> list[str]:
@@ -77,5 +158,4 @@ def load_preset(name: str) -> Preset:
     known = preset_names()
     if name not in known:
         raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(known)}")
-    text = (resources.files("configs") / "presets" / f"{name}.yaml").read_text()
-    return Preset.model_validate(yaml.safe_load(text))
+    return Preset.model_validate(yaml.safe_load(preset_path(name).read_text()))

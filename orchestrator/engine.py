@@ -18,10 +18,10 @@ from orchestrator.plan import RenderPlan
 from orchestrator.planner import default_mode, plan_render
 from orchestrator.request import RenderRequest
 from orchestrator.scheduler import Dispatcher, PlanRun, Progress
-from pipeline.presets import load_preset
+from pipeline.checkpoints import checkpoint_paths
+from pipeline.presets import checkpoint_kind, load_preset
 from pipeline.seams import SeamReport
 from pipeline.stitch import OverlapStitcher
-from pipeline.tiny import ensure_tiny_checkpoints
 from pipeline.video_io import VideoWriter
 
 logger = logging.getLogger(__name__)
@@ -55,8 +55,11 @@ class RenderEngine:
     def __init__(self, config: EngineConfig):
         self.config = config
         self.preset = load_preset(config.model.preset)
-        if self.preset.i2v_model.startswith("embedded://"):
-            ensure_tiny_checkpoints(config.model.cache_dir)  # once here, not raced by every rank
+        # Ranks started here load from this machine: find the checkpoints (building embedded ones once, not
+        # raced by every rank) before Ray starts, so a missing one is one clear error. A remote cluster's
+        # ranks look on their own nodes.
+        if config.ray_address is None or checkpoint_kind(self.preset.i2v_model) == "embedded":
+            checkpoint_paths(self.preset, config.model.cache_dir)
         connect_ray(config.ray_address)
         self.pool = WorkerPool(config.model, config.parallel)
         self.dispatcher = Dispatcher(self.pool)

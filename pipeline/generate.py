@@ -6,21 +6,21 @@ Frames cross process boundaries as uint8 arrays: keyframes (height, width, 3) an
 
 from __future__ import annotations
 
+import inspect
 import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from pipeline.checkpoints import checkpoint_paths
 from pipeline.config import ModelConfig, SequenceParallelConfig
 from pipeline.parallel import enable_sequence_parallel
 from pipeline.presets import Preset, load_preset
 from pipeline.quantize import quantize_int8
-from pipeline.tiny import resolve_embedded
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +43,21 @@ class SegmentRequest:
     guidance: float | None = None
 
 
-def _resolve(model: str, cache_dir: Path) -> str:
-    return str(resolve_embedded(model, cache_dir)) if model.startswith("embedded://") else model
-
-
 def _to_uint8(frames: np.ndarray) -> np.ndarray:
     return (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def render_keyframe(pipe, prompt: str, width: int, height: int, steps: int, guidance: float,
+                    generator: torch.Generator, max_sequence_length: int | None = None) -> np.ndarray:
+    """One image from a T2I pipeline, uint8 (height, width, 3). A video pipeline (one that takes
+    `num_frames`, e.g. WanPipeline) renders a one-frame video; an image pipeline (FluxPipeline) an image."""
+    call = dict(prompt=prompt, height=height, width=width, num_inference_steps=steps, guidance_scale=guidance,
+                generator=generator, output_type="np")
+    if max_sequence_length is not None:
+        call["max_sequence_length"] = max_sequence_length
+    if "num_frames" in inspect.signature(pipe.__call__).parameters:
+        return _to_uint8(pipe(**call, num_frames=1).frames[0][0])
+    return _to_uint8(pipe(**call).images[0])
 
 
 class SegmentGenerator:
@@ -73,15 +82,16 @@ class SegmentGenerator:
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"(diffusers|torch)\.")
 
         dtype = DTYPES[self.preset.dtype]
+        i2v_path, t2i_path = checkpoint_paths(self.preset, self.config.cache_dir)
         i2v_cls = getattr(diffusers, self.preset.i2v_pipeline)
         t2i_cls = getattr(diffusers, self.preset.t2i_pipeline)
-        i2v = i2v_cls.from_pretrained(_resolve(self.preset.i2v_model, self.config.cache_dir), dtype=dtype)
+        i2v = i2v_cls.from_pretrained(i2v_path, dtype=dtype)
         if self.config.quantize == "int8":
             self.quantized = quantize_int8(i2v, self.preset.quantize_components)
         shared = {name: getattr(i2v, name) for name in self.preset.t2i_shares}
-        t2i = t2i_cls.from_pretrained(_resolve(self.preset.t2i_model, self.config.cache_dir), dtype=dtype, **shared)
+        t2i = t2i_cls.from_pretrained(t2i_path, dtype=dtype, **shared)
         if self.config.quantize == "int8":
-            quantize_int8(t2i, tuple(c for c in self.preset.quantize_components if c not in shared))
+            quantize_int8(t2i, tuple(c for c in self.preset.t2i_quantize_components if c not in shared))
         for pipe in (i2v, t2i):
             pipe.to(self.device)
             pipe.set_progress_bar_config(disable=True)
@@ -94,14 +104,19 @@ class SegmentGenerator:
 
     def keyframe(self, prompt: str, seed: int, width: int, height: int,
                  steps: int | None = None, guidance: float | None = None) -> np.ndarray:
-        """Render one keyframe with the T2I pipeline: uint8 (height, width, 3)."""
-        out = self.t2i(
-            prompt=prompt, height=height, width=width, num_frames=1,
-            num_inference_steps=steps or self.preset.steps,
-            guidance_scale=self.preset.guidance if guidance is None else guidance,
-            generator=self._generator(seed), output_type="np",
-        ).frames[0]
-        return _to_uint8(out[0])
+        """Render one keyframe with the T2I pipeline: uint8 (height, width, 3).
+
+        `steps` and `guidance` (the I2V's sampling) apply to a T2I model of the I2V's family; a preset
+        with its own keyframe sampling (`t2i_steps`, `t2i_guidance`, e.g. a distilled FLUX.1-schnell)
+        always uses that.
+        """
+        steps = self.preset.t2i_steps or steps or self.preset.steps
+        if self.preset.t2i_guidance is not None:
+            guidance = self.preset.t2i_guidance
+        return render_keyframe(
+            self.t2i, prompt, width, height, steps, self.preset.guidance if guidance is None else guidance,
+            self._generator(seed), self.preset.t2i_max_sequence_length,
+        )
 
     def segment(self, request: SegmentRequest,
                 on_step: Callable[[int, int], None] | None = None) -> np.ndarray:
@@ -112,7 +127,6 @@ class SegmentGenerator:
         """
         if request.last is not None and not self.preset.supports_last_frame:
             raise ValueError(f"preset {self.preset.name!r} cannot condition on a last frame")
-        last = Image.fromarray(request.last) if request.last is not None else None
         steps = request.steps or self.preset.steps
 
         def step_end(pipe, index, timestep, tensors):
@@ -120,8 +134,10 @@ class SegmentGenerator:
                 on_step(index + 1, steps)
             return tensors
 
+        # Only first-last-frame pipelines take `last_image` (HunyuanVideo's I2V does not).
+        conditions = {"last_image": Image.fromarray(request.last)} if request.last is not None else {}
         out = self.i2v(
-            image=Image.fromarray(request.first), last_image=last, prompt=request.prompt,
+            image=Image.fromarray(request.first), **conditions, prompt=request.prompt,
             height=request.height, width=request.width, num_frames=request.num_frames,
             num_inference_steps=steps, callback_on_step_end=step_end,
             guidance_scale=self.preset.guidance if request.guidance is None else request.guidance,

@@ -1,7 +1,15 @@
-"""`minutereel presets`: every preset with its modes, frame rule and GPU memory per SP degree."""
+"""`minutereel presets`, and `minutereel render` on a real preset whose checkpoints are not on this machine."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 from orchestrator.cli import main
 from pipeline.presets import preset_names
+
+MINUTEREEL = str(Path(sys.executable).with_name("minutereel"))
 
 
 def test_presets_lists_modes_frame_rule_and_memory_per_sp_degree(capsys):
@@ -13,3 +21,23 @@ def test_presets_lists_modes_frame_rule_and_memory_per_sp_degree(capsys):
     assert "frames % 4 == 1, at most 129" in out  # HunyuanVideo-I2V
     assert out.count("at SP degree 1 / 2 / 4 / 8:") == len(preset_names())
     assert out.count("    bfloat16: ") == len(preset_names()) - 1 and out.count("        int8: ") == len(preset_names())
+
+
+def test_render_without_the_checkpoint_says_how_to_get_it(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "HF_"))}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), MINUTEREEL_CACHE=str(tmp_path / "cache"))
+    out = tmp_path / "fox.mp4"
+    started = time.perf_counter()
+    done = subprocess.run([MINUTEREEL, "render", "--preset", "wan2.1-i2v-480p", "--prompt", "a fox", "--duration", "5",
+                           "--out", str(out)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    message = done.stderr
+    assert message.startswith("minutereel: preset 'wan2.1-i2v-480p' cannot load its checkpoints:")
+    assert "i2v_model Wan-AI/Wan2.1-I2V-14B-480P-Diffusers: not in the Hugging Face cache" in message
+    assert "t2i_model black-forest-labs/FLUX.1-schnell" in message and "HF_HUB_OFFLINE" in message
+    assert "hf download Wan-AI/Wan2.1-I2V-14B-480P-Diffusers" in message
+    assert "set i2v_model and t2i_model to the directory's absolute path in" in message
+    assert message.rstrip().endswith("configs/presets/wan2.1-i2v-480p.yaml")
+    assert not out.exists() and not Path(f"{out}.partial").exists()
+    assert time.perf_counter() - started < 60  # failed before Ray started

@@ -1,15 +1,18 @@
-"""Presets: schema, pipeline classes, parameter counts and the memory estimate."""
+"""Presets: schema, pipeline classes, parameter counts, the memory estimate, checkpoints and image keyframes."""
 
 import inspect
 import math
 
 import diffusers
+import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
 
 from orchestrator.planner import plan_render
 from orchestrator.request import RenderRequest
+from pipeline.checkpoints import CheckpointUnavailable, checkpoint_paths, locate_checkpoint
+from pipeline.generate import render_keyframe
 from pipeline.memory import SP_DEGREES, estimate_memory, segment_tokens, weight_bytes
 from pipeline.presets import Preset, load_preset, preset_names
 from pipeline.tiny import build_tiny_pipelines
@@ -199,3 +202,56 @@ def _tiny_fields(**changes):
 def test_schema_rejects_inconsistent_presets(changes, message):
     with pytest.raises(ValidationError, match=message):
         Preset.model_validate(_tiny_fields(**changes))
+
+
+def test_local_checkpoint_must_be_a_pipeline_directory(tmp_path, tiny_cache):
+    with pytest.raises(CheckpointUnavailable, match="model_index.json does not exist"):
+        locate_checkpoint(str(tmp_path), tiny_cache)
+    (tmp_path / "model_index.json").write_text("{}")
+    assert locate_checkpoint(str(tmp_path), tiny_cache) == str(tmp_path)
+
+
+def test_missing_local_checkpoints_name_both_fields_and_the_preset_file(tmp_path, tiny_cache):
+    preset = Preset.model_validate(_tiny_fields(i2v_model=str(tmp_path / "i2v"), t2i_model=str(tmp_path / "t2i")))
+    with pytest.raises(CheckpointUnavailable) as err:
+        checkpoint_paths(preset, tiny_cache)
+    message = str(err.value)
+    assert f"i2v_model {tmp_path / 'i2v'}" in message and f"t2i_model {tmp_path / 't2i'}" in message
+    assert "set i2v_model and t2i_model to the directory's absolute path in" in message and "tiny.yaml" in message
+
+
+def _tiny_flux():
+    """A FluxPipeline (an image pipeline: no num_frames) with seeded two-layer components."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import ByT5Tokenizer, CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    return FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=AutoencoderKL(block_out_channels=(4,), layers_per_block=1, latent_channels=1, norm_num_groups=1,
+                          use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5),
+        text_encoder=CLIPTextModel(CLIPTextConfig(vocab_size=384, hidden_size=32, intermediate_size=37,
+                                                  num_hidden_layers=2, num_attention_heads=4, projection_dim=32,
+                                                  bos_token_id=0, eos_token_id=1, pad_token_id=0)),
+        tokenizer=ByT5Tokenizer(model_max_length=77),
+        text_encoder_2=T5EncoderModel(T5Config(vocab_size=384, d_model=32, d_kv=8, d_ff=37, num_layers=2,
+                                               num_heads=4)),
+        tokenizer_2=ByT5Tokenizer(),
+        transformer=FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+                                           attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                           pooled_projection_dim=32, axes_dims_rope=[4, 4, 8]),
+    )
+
+
+def test_image_pipeline_renders_a_keyframe():
+    pipe = _tiny_flux()
+    assert "num_frames" not in inspect.signature(pipe.__call__).parameters
+
+    def render(seed):
+        return render_keyframe(pipe, "a fox", 32, 16, steps=2, guidance=0.0,
+                               generator=torch.Generator().manual_seed(seed), max_sequence_length=16)
+
+    image = render(1)
+    assert image.shape == (16, 32, 3) and image.dtype == np.uint8
+    np.testing.assert_allclose(image, render(1), rtol=0, atol=1)  # CPU kernels may round one level apart
+    assert np.abs(image.astype(int) - render(2)).mean() > 5

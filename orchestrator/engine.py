@@ -13,11 +13,11 @@ import ray
 
 from actors.pool import WorkerPool
 from orchestrator.config import EngineConfig
-from orchestrator.jobs import Job
+from orchestrator.jobs import Job, JobProgress
 from orchestrator.plan import RenderPlan
 from orchestrator.planner import default_mode, plan_render
 from orchestrator.request import RenderRequest
-from orchestrator.scheduler import Dispatcher, PlanRun, Progress
+from orchestrator.scheduler import Dispatcher, PlanRun
 from pipeline.checkpoints import checkpoint_paths
 from pipeline.presets import checkpoint_kind, load_preset
 from pipeline.seams import SeamReport
@@ -33,7 +33,7 @@ class RenderResult:
 
     path: Path
     plan: RenderPlan
-    progress: Progress
+    progress: JobProgress
     seconds: float
     seams: SeamReport
     rendered: dict[str, int]  # keyframes and segments rendered by this call (the rest were resumed)
@@ -77,7 +77,7 @@ class RenderEngine:
         return plan_render(self.resolve(request), self.preset)
 
     def open_run(self, plan: RenderPlan, out: Path, job: Job | None = None,
-                 on_progress: Callable[[Progress], None] = lambda progress: None,
+                 on_progress: Callable[[JobProgress], None] = lambda progress: None,
                  on_stitching: Callable[[], None] = lambda: None) -> PlanRun:
         """A PlanRun writing `out` (as out.partial until complete), saving its work in `job` if given."""
         stitch = self.config.stitch
@@ -89,7 +89,7 @@ class RenderEngine:
             writer.abort()
             raise
 
-    def render(self, request: RenderRequest, out: Path, on_progress: Callable[[Progress], None] = lambda p: None,
+    def render(self, request: RenderRequest, out: Path, on_progress: Callable[[JobProgress], None] = lambda p: None,
                job: Job | None = None) -> RenderResult:
         """Render `request` to the video file at `out` on this thread; with `job`, save every keyframe
         and segment there and render only what the job does not hold yet."""

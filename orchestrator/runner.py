@@ -18,7 +18,7 @@ from PIL import Image
 from orchestrator.config import EngineConfig
 from orchestrator.jobs import TERMINAL, Job, JobProgress, JobStore, atomic_write
 from orchestrator.request import RenderRequest
-from orchestrator.scheduler import PlanRun, Progress
+from orchestrator.scheduler import PlanRun
 
 logger = logging.getLogger(__name__)
 
@@ -153,15 +153,12 @@ class JobRunner:
             on_stitching=lambda: job.update(state="stitching"),
         )
         self._runs[job.id] = run
-        job.update(state="rendering", progress=self._progress(run.progress, plan.steps))
+        job.update(state="rendering", progress=run.progress.model_copy())
         self.engine.dispatcher.add(run)
 
     @staticmethod
-    def _progress(progress: Progress, steps: int) -> JobProgress:
-        return JobProgress(**vars(progress), steps=steps)
-
-    def _record(self, job: Job, progress: Progress) -> None:
-        job.update(progress=self._progress(progress, job.state().progress.steps))
+    def _record(job: Job, progress: JobProgress) -> None:
+        job.update(progress=progress.model_copy())
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -178,7 +175,7 @@ class JobRunner:
                 del self._runs[job_id]
         for job_id, run in ended:
             job = self.store.open(job_id)
-            progress = self._progress(run.progress, job.state().progress.steps)
+            progress = run.progress.model_copy()
             if run.error is None:
                 job.update(state="done", progress=progress)
             elif isinstance(run.error, JobCancelled):

@@ -24,7 +24,7 @@ from PIL import Image
 
 from actors.pool import WorkerPool
 from actors.shard import RenderCancelled, ShardGroup
-from orchestrator.jobs import Job
+from orchestrator.jobs import Job, JobProgress
 from orchestrator.plan import FrameRef, KeyframeSpec, RenderPlan, SegmentSpec
 from pipeline.generate import SegmentRequest
 from pipeline.seams import SeamMeter
@@ -32,18 +32,6 @@ from pipeline.stitch import OverlapStitcher
 from pipeline.video_io import VideoWriter
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Progress:
-    """Counts of finished work, reported after every change."""
-
-    keyframes_done: int = 0
-    keyframes_total: int = 0
-    segments_done: int = 0
-    segments_total: int = 0
-    frames_written: int = 0
-    frames_total: int = 0
 
 
 def load_keyframe_image(path: str, width: int, height: int) -> np.ndarray:
@@ -75,14 +63,14 @@ class PlanRun:
     """One plan's execution state (driver side). Not thread-safe: the Dispatcher drives it."""
 
     def __init__(self, plan: RenderPlan, writer: VideoWriter, stitcher: OverlapStitcher, job: Job | None = None,
-                 on_progress: Callable[[Progress], None] = lambda progress: None,
+                 on_progress: Callable[[JobProgress], None] = lambda progress: None,
                  on_stitching: Callable[[], None] = lambda: None):
         self.id = next(_run_ids)
         self.plan, self.writer, self.stitcher, self.job = plan, writer, stitcher, job
         self.on_progress, self.on_stitching = on_progress, on_stitching
         self.seams = SeamMeter()
-        self.progress = Progress(keyframes_total=len(plan.keyframes), segments_total=len(plan.segments),
-                                 frames_total=plan.total_frames)
+        self.progress = JobProgress(keyframes_total=len(plan.keyframes), segments_total=len(plan.segments),
+                                    frames_total=plan.total_frames, steps=plan.steps)
         self.rendered = {"keyframe": 0, "segment": 0}  # tasks rendered by this run (not resumed)
         self.error: BaseException | None = None
         self.cancelled = False
@@ -215,7 +203,7 @@ class PlanRun:
         self.writer.abort()
         self.finished.set()
 
-    def wait(self) -> Progress:
+    def wait(self) -> JobProgress:
         """Block until the run ends; raise its error if it failed."""
         self.finished.wait()
         if self.error is not None:
@@ -361,7 +349,7 @@ class Dispatcher:
         with self._lock:
             run.pending.insert(0, task)
 
-    def drive(self, run: PlanRun) -> Progress:
+    def drive(self, run: PlanRun) -> JobProgress:
         """Run `run` to its end on this thread (the CLI's way); returns its progress or raises its error."""
         self.add(run)
         try:

@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench.machine import describe_machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VIDEO_SECONDS = 60.0
@@ -28,9 +29,7 @@ VIDEO_SECONDS = 60.0
 def _machine() -> dict:
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "torch": torch.__version__}
+    return describe_machine(torch=torch.__version__)
 
 
 def _render_once(out: Path) -> dict:

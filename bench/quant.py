@@ -32,13 +32,14 @@ import ctypes
 import gc
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench.machine import describe_machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SEED = 20250211
@@ -64,13 +65,8 @@ def _machine() -> dict:
     import optimum.quanto
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    mem_kib = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
-                       if line.startswith("MemTotal")))
-    return {"cpus": os.cpu_count(), "cpu": cpu, "memory_gib": round(mem_kib / 2**20, 1),
-            "python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "optimum_quanto": optimum.quanto.__version__}
+    return describe_machine(torch=torch.__version__, diffusers=diffusers.__version__,
+                            optimum_quanto=optimum.quanto.__version__)
 
 
 def build_transformer(config: dict):

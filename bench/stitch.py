@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import re
 import resource
 import subprocess
@@ -32,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.machine import describe_machine
 from pipeline.clips import stitch_clips
 from pipeline.seams import SeamMeter
 from pipeline.stitch import OverlapStitcher
@@ -48,12 +47,7 @@ THROUGHPUT_SEGMENT, THROUGHPUT_SEGMENTS, THROUGHPUT_REPEATS = 81, 3, 3
 
 
 def _machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    mem_kib = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
-                       if line.startswith("MemTotal")))
-    return {"cpus": os.cpu_count(), "cpu": cpu, "memory_gib": round(mem_kib / 2**20, 1),
-            "python": platform.python_version(), "numpy": np.__version__, "ffmpeg": ffmpeg_version()}
+    return describe_machine(numpy=np.__version__, ffmpeg=ffmpeg_version())
 
 
 def _drift(frames: np.ndarray, levels: int) -> np.ndarray:

@@ -3,5 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/ruff check .
-exec .venv/bin/python -m pytest "$@"
+. .venv/bin/activate
+ruff check .
+exec python -m pytest "$@"

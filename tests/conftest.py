@@ -60,6 +60,9 @@ def ray_cluster(tmp_path_factory):
     import ray
 
     os.environ["RAY_AUTH_MODE"] = "disabled"
+    # Job entrypoints (`python -m ...`) resolve `python` on the cluster's PATH: make it this venv's,
+    # as it is for a user who activated the venv before `ray start`.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     temp_dir = tmp_path_factory.mktemp("ray")
     port, dashboard = _free_port(), _free_port()
     # Fixed default ports (client server 10001, dashboard agent 52365, ...) would collide with

@@ -185,15 +185,18 @@ class JobRunner:
 
     def _resume_unfinished(self) -> None:
         for folder in sorted(self.store.root.iterdir()):
-            if self.store.exists(folder.name) and self.store.open(folder.name).state().state not in TERMINAL:
-                logger.info("resuming job %s", folder.name)
-                try:
-                    job = self.store.open(folder.name)
-                    with self._lock:
-                        self._start(job, self.engine.plan(job.request()))
-                except Exception as err:
-                    self.store.open(folder.name).update(state="failed", error=f"could not resume: {err}")
-
+            try:
+                job = self.store.open(folder.name)
+            except KeyError:  # not a job directory
+                continue
+            if job.state().state in TERMINAL:
+                continue
+            logger.info("resuming job %s", job.id)
+            try:
+                with self._lock:
+                    self._start(job, self.engine.plan(job.request()))
+            except Exception as err:
+                job.update(state="failed", error=f"could not resume: {err}")
 
 def start_runner(config: EngineConfig, jobs_root: str, max_active_jobs: int, name: str = "minutereel-runner"):
     """The named JobRunner actor, created if absent. It reserves no CPU: its pool's ranks do."""

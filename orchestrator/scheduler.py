@@ -160,8 +160,7 @@ class PlanRun:
             self.progress.segments_done += 1
             self._stitch_ready()
         self.on_progress(self.progress)
-        if not self.pending and self.progress.segments_done == self.progress.segments_total:
-            self._close()
+        self._close_if_complete()
 
     def _stitch_ready(self) -> None:
         while self._next_to_stitch < len(self.plan.segments):
@@ -184,10 +183,11 @@ class PlanRun:
     def start(self) -> None:
         """Stitch what a resumed job already holds; close at once if nothing is left to render."""
         self._stitch_ready()
-        if not self.pending and self.progress.segments_done == self.progress.segments_total:
-            self._close()
+        self._close_if_complete()
 
-    def _close(self) -> None:
+    def _close_if_complete(self) -> None:
+        if self.pending or self.progress.segments_done != self.progress.segments_total:
+            return
         self.on_stitching()
         if self.progress.frames_written != self.plan.total_frames:
             raise RuntimeError(f"wrote {self.progress.frames_written} of {self.plan.total_frames} frames")

@@ -118,6 +118,28 @@ class SegmentGenerator:
             self._generator(seed), self.preset.t2i_max_sequence_length,
         )
 
+    @torch.no_grad()
+    def _condition_latents(self, request: SegmentRequest) -> dict[int, torch.Tensor]:
+        """The normalised VAE latents of the first (and last) condition image, by latent frame index.
+
+        Each image is encoded as a one-frame video, as the I2V pipeline encodes its first frame (the
+        VAE is causal); the last image's latent is the last latent frame.
+        """
+        pipe = self.i2v
+        vae = pipe.vae
+        mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1)
+        std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1)
+
+        def encode(image: np.ndarray) -> torch.Tensor:
+            pixels = pipe.video_processor.preprocess(Image.fromarray(image), height=request.height, width=request.width)
+            latent = vae.encode(pixels.unsqueeze(2).to(self.device, vae.dtype)).latent_dist.mode()[:, :, 0]
+            return ((latent.float().cpu() - mean) / std).to(self.device)
+
+        pins = {0: encode(request.first)}
+        if request.last is not None:
+            pins[(request.num_frames - 1) // pipe.vae_scale_factor_temporal] = encode(request.last)
+        return pins
+
     def segment(self, request: SegmentRequest,
                 on_step: Callable[[int, int], None] | None = None) -> np.ndarray:
         """Render one I2V segment: uint8 (num_frames, height, width, 3).
@@ -128,8 +150,11 @@ class SegmentGenerator:
         if request.last is not None and not self.preset.supports_last_frame:
             raise ValueError(f"preset {self.preset.name!r} cannot condition on a last frame")
         steps = request.steps or self.preset.steps
+        pins = self._condition_latents(request) if self.preset.pin_conditioned_frames else {}
 
         def step_end(pipe, index, timestep, tensors):
+            for latent_frame, latent in pins.items():
+                tensors["latents"][:, :, latent_frame] = latent
             if on_step is not None:
                 on_step(index + 1, steps)
             return tensors

@@ -85,6 +85,13 @@ class Preset(BaseModel):
     default_width: int = Field(ge=1, description="Default width in pixels.")
     default_height: int = Field(ge=1, description="Default height in pixels.")
     supports_last_frame: bool = Field(description="Whether the I2V model takes a last-frame condition.")
+    pin_conditioned_frames: bool = Field(
+        False,
+        description="Replace the conditioned latent frames with the encoded first/last image after every "
+        "denoising step (as Wan 2.2 TI2V does for its first frame), so the decoded frames are the conditions. "
+        "For a model that does not honour its conditioning by itself (the untrained tiny one); trained I2V "
+        "models learned to, and leave this off.",
+    )
     quantize_components: tuple[str, ...] = Field((), description="I2V pipeline components int8 quantizes.")
     t2i_quantize_components: tuple[str, ...] = Field(
         (), description="T2I pipeline components int8 quantizes (borrowed ones are quantized with the I2V's)."

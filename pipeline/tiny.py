@@ -2,10 +2,17 @@
 
 `ensure_tiny_checkpoints` builds them once, saves them with `save_pretrained` into the cache
 directory and returns the paths; everything else loads them with `from_pretrained`, exactly as it
-would load a hub checkpoint. Random-weight VAEs decode to flat grey, so the decoder's biases are
-zeroed and its output convolution re-initialised zero-mean with a gain: frames then show texture
-that follows the latents and changes from frame to frame, which lets tests see a dropped,
-reordered or wrongly blended frame.
+would load a hub checkpoint.
+
+The transformers and the text encoder are random (seeded). The VAE is not: a random Wan VAE
+decodes to flat grey and its encoder does not invert its decoder, so no frame could ever look like
+the keyframe that conditioned it. `_vae` sets the weights of a real `AutoencoderKLWan` by hand so
+that it is a (numerically) linear autoencoder: each latent position decodes to one tinted grey
+8x8 block (the mean of the 16 normalised latent channels), the four frames of a latent chunk
+blend from the previous latent frame into this one and end on it, and the encoder reads the block
+back from the last frame of each chunk. Frames then change with every latent, which lets tests see
+a dropped, reordered or wrongly blended frame, and encode -> decode returns a decoded frame to
+within uint8 rounding, which lets tests see whether a keyframe landed where the plan put it.
 
 The I2V pipeline is laid out like Wan 2.2 I2V: no CLIP image encoder; the first (and optional
 last) frame condition the video through the VAE-encoded condition latents and mask channels, so
@@ -25,26 +32,93 @@ import torch
 logger = logging.getLogger(__name__)
 
 # Bump when the architecture or initialisation below changes: old caches are then ignored.
-TINY_VERSION = "v1"
+TINY_VERSION = "v2"
 SEED = 20250211
-DECODER_GAIN = 1.5
+VAE_GAIN = 1.5      # pixel contrast (in [-1, 1]) per unit of the mean normalised latent
+VAE_TINT = (1.0, 0.85, 0.7)
+VAE_CONSTANT = 1000.0
+CROSS_ATTENTION_GAIN = 10.0
 TEXT_DIM = 32
 
 
+def _centre(conv, out_channel: int, in_channel: int, value: float) -> None:
+    """Set the weight of a convolution's centre pixel (current frame, for a causal one) for one channel pair."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+    kernel = conv.weight.shape[2:]
+    causal = isinstance(conv, WanCausalConv3d)
+    tap = tuple(size - 1 if causal and axis == 0 else size // 2 for axis, size in enumerate(kernel))
+    conv.weight[(out_channel, in_channel, *tap)] = value
+
+
 def _vae():
+    """A Wan VAE whose weights make it a linear autoencoder of tinted grey 8x8 blocks (see the module docstring).
+
+    Residual and attention branches are zeroed, so only the main path's convolutions act. Every RMS norm
+    on that path normalises a constant channel of size `VAE_CONSTANT` next to the value channel, which
+    keeps it linear to within (value / VAE_CONSTANT)^2; the SiLU after it sees values near zero, where
+    its slope is 1/2.
+    """
     from diffusers import AutoencoderKLWan
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, WanResample, WanResidualBlock
 
     vae = AutoencoderKLWan(
         base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
     )
+    mean, std = vae.config.latents_mean, vae.config.latents_std
+    tint = torch.tensor(VAE_TINT)
+    head = 3**0.5 / VAE_CONSTANT * 0.5  # value -> norm -> SiLU, for small values
     with torch.no_grad():
-        # Zero biases let the latent, not a fixed pattern, decide the picture; a zero-mean output
-        # convolution with a gain centres it on mid-grey with visible contrast.
-        for name, param in vae.decoder.named_parameters():
-            if name.endswith("bias"):
-                param.zero_()
-        weight = vae.decoder.conv_out.weight
-        weight.sub_(weight.mean(dim=(1, 2, 3, 4), keepdim=True)).mul_(DECODER_GAIN)
+        for param in vae.parameters():
+            param.zero_()
+        for module in vae.modules():
+            if hasattr(module, "gamma"):
+                module.gamma.fill_(1.0)
+            # A shortcut that widens 1 channel to 3 carries the value into channel 1 and the constant into 0.
+            if isinstance(module, WanResidualBlock) and isinstance(module.conv_shortcut, WanCausalConv3d):
+                _centre(module.conv_shortcut, 1, 0, 1.0)
+                module.conv_shortcut.bias[0] = VAE_CONSTANT
+        for channel in range(16):
+            vae.post_quant_conv.weight[channel, channel] = 1.0
+        for channel in range(32):
+            vae.quant_conv.weight[channel, channel] = 1.0
+
+        # Encoder: channel 0 = the pixel's projection on the tint, channel 1 = the constant; each downsample
+        # averages 2x2 pixels and keeps the newest frame of each pair.
+        encoder = vae.encoder
+        for rgb in range(3):
+            _centre(encoder.conv_in, 0, rgb, float(tint[rgb] / (tint @ tint)))
+        for block in encoder.down_blocks:
+            if isinstance(block, WanResample):
+                block.resample[1].weight[0, 0, :2, :2] = 0.25
+                block.resample[1].bias[1] = VAE_CONSTANT
+                if hasattr(block, "time_conv"):
+                    _centre(block.time_conv, 0, 0, 1.0)
+                    block.time_conv.bias[1] = VAE_CONSTANT
+        for channel in range(16):  # every normalised latent channel = value / VAE_GAIN
+            _centre(encoder.conv_out, channel, 0, float(std[channel] / (VAE_GAIN * head)))
+            encoder.conv_out.bias[channel] = float(mean[channel])
+
+        # Decoder: value = VAE_GAIN * mean of the 16 normalised latent channels, in channel 1, constant in 0;
+        # each temporal upsample makes (3 previous + 5 current) / 8 and current (after the first
+        # chunk, whose "previous" is zero padding, this keeps frame contrast up); the head tints it.
+        decoder = vae.decoder
+        for channel in range(16):
+            _centre(decoder.conv_in, 1, channel, float(VAE_GAIN / (16 * std[channel])))
+        decoder.conv_in.bias[1] = -float(sum(VAE_GAIN * m / (16 * s) for m, s in zip(mean, std, strict=True)))
+        decoder.conv_in.bias[0] = VAE_CONSTANT
+        for block in decoder.up_blocks:
+            if block.upsamplers is None:
+                continue
+            upsample = block.upsamplers[0]
+            _centre(upsample.resample[1], 0, 1, 1.0)
+            if hasattr(upsample, "time_conv"):  # output channels: frame A 0..2, frame B 3..5; taps: t-2, t-1, t
+                weight = upsample.time_conv.weight
+                weight[1, 1, 1], weight[1, 1, 2] = 3 / 8, 5 / 8
+                weight[4, 1, 2] = 1.0
+                upsample.time_conv.bias[0] = upsample.time_conv.bias[3] = VAE_CONSTANT
+        for rgb in range(3):
+            _centre(decoder.conv_out, rgb, 1, float(tint[rgb] / head))
     return vae
 
 
@@ -61,11 +135,17 @@ def _text_encoder():
 def _transformer(in_channels: int):
     from diffusers import WanTransformer3DModel
 
-    return WanTransformer3DModel(
+    transformer = WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=in_channels,
         out_channels=16, text_dim=TEXT_DIM, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
         qk_norm="rms_norm_across_heads", rope_max_seq_len=1024,
     )
+    # Random cross-attention averages a prompt's few tokens with the zero padding up to max_sequence_length,
+    # so the prompt would barely move the picture; a larger output projection makes it visible.
+    with torch.no_grad():
+        for block in transformer.blocks:
+            block.attn2.to_out[0].weight.mul_(CROSS_ATTENTION_GAIN)
+    return transformer
 
 
 def build_tiny_pipelines():

@@ -18,8 +18,8 @@ def generators(tiny_cache):
 
 
 def _psnr(a, b):
-    return float(np.mean([10 * np.log10(255.0**2 / np.mean((x.astype(float) - y.astype(float)) ** 2))
-                          for x, y in zip(a, b, strict=True)]))
+    """PSNR over the whole clip, in dB (finite unless every frame is equal)."""
+    return float(10 * np.log10(255.0**2 / np.mean((a.astype(float) - b.astype(float)) ** 2)))
 
 
 def test_listed_components_hold_frozen_int8_weights(generators):
@@ -44,7 +44,9 @@ def test_int8_output_stays_close_to_float(generators):
     reference = generators["none"].segment(request)
     quantized = generators["int8"].segment(request)
     other_seed = generators["none"].segment(SegmentRequest("a fox", 3, 17, 64, 64, first))
-    close, unrelated = _psnr(reference, quantized), _psnr(reference, other_seed)
+    # Frame 0 is the conditioning image, pinned in every render: compare the frames the model made.
+    np.testing.assert_array_equal(reference[0], quantized[0])
+    close, unrelated = _psnr(reference[1:], quantized[1:]), _psnr(reference[1:], other_seed[1:])
     # The tiny model's random weights amplify rounding; real checkpoints sit far higher.
     assert close >= 16, f"int8 vs float: {close:.1f} dB"
     assert close >= unrelated + 5, f"int8 {close:.1f} dB is not much closer than another seed ({unrelated:.1f} dB)"

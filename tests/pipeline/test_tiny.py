@@ -61,3 +61,36 @@ def test_segment_frames_vary_in_space_and_time(generator):
     assert spatial.min() > 10, f"a frame is nearly flat: spatial std {spatial.min():.1f}"
     steps = np.abs(np.diff(frames.astype(int), axis=0)).mean(axis=(1, 2, 3))
     assert steps.min() > 2, f"two consecutive frames are nearly equal: mean step {steps.min():.1f} levels"
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(255.0**2 / np.mean((a.astype(float) - b.astype(float)) ** 2)))
+
+
+def _last_frame(video: torch.Tensor) -> np.ndarray:
+    """The last frame of a decoded (1, 3, frames, h, w) video in [-1, 1], as uint8 (h, w, 3)."""
+    return video[0, :, -1].permute(1, 2, 0).add(1).mul(127.5).round().numpy().astype(np.uint8)
+
+
+def test_vae_encodes_a_decoded_frame_back_to_itself(generator):
+    """The hand-set tiny VAE: decode(encode(frame)) is the frame, as a first frame and as a chunk's last."""
+    vae = generator.i2v.vae
+    keyframe = generator.keyframe("a fox", 1, 64, 64)
+    pixels = torch.from_numpy(keyframe).float().div(127.5).sub(1).permute(2, 0, 1)[None, :, None]
+    with torch.no_grad():
+        latent = vae.encode(pixels).latent_dist.mode()
+        again = vae.decode(latent).sample.clamp(-1, 1)
+        # The same latent as the last of three latent frames decodes to the same picture (the VAE is
+        # causal: the frames before it must not leak into a chunk's last frame).
+        noise = torch.randn(1, 16, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+        video = vae.decode(torch.cat([noise * 2, latent], dim=2)).sample.clamp(-1, 1)
+    assert _psnr(_last_frame(again), keyframe) >= 45
+    assert _psnr(_last_frame(video), keyframe) >= 45
+    assert video.shape[2] == 9 and _psnr(_last_frame(video[:, :, :-1]), keyframe) < 30
+
+
+def test_conditioned_frames_are_the_conditions(generator):
+    first, last = generator.keyframe("a fox", 1, 64, 64), generator.keyframe("a whale", 2, 64, 64)
+    frames = generator.segment(SegmentRequest("a fox", 5, 17, 64, 64, first, last))
+    assert _psnr(frames[0], first) >= 40 and _psnr(frames[-1], last) >= 40
+    assert max(_psnr(frame, image) for frame in frames[2:-2] for image in (first, last)) < 30

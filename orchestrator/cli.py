@@ -47,7 +47,7 @@ def _add_stitch_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--blend", choices=["linear", "cosine"], default="linear", help="crossfade curve")
     parser.add_argument("--no-color-correction", dest="color_correction", action="store_false",
                         help="keep each segment's colours (default: match its mean and spread to the previous "
-                             "segment's in their overlap)")
+                             "segment's in their overlap; chain mode only when rendering)")
     parser.add_argument("--crf", type=int, default=18, help="x264 quality (lower is better)")
     parser.add_argument("--codec", default="libx264",
                         help="ffmpeg encoder (default libx264; ffv1 is lossless and needs an .mkv output)")

@@ -81,10 +81,13 @@ class RenderEngine:
                  on_stitching: Callable[[], None] = lambda: None) -> PlanRun:
         """A PlanRun writing `out` (as out.partial until complete), saving its work in `job` if given."""
         stitch = self.config.stitch
+        # Colour drift builds up along a chain, each segment rendered from the last. In `keyframes` and `bridge`
+        # modes every segment is at most one step from a keyframe, so nothing accumulates; the correction, which
+        # composes from seam to seam, would instead carry one seam's mismatch onto every keyframe after it.
+        stitcher = OverlapStitcher(stitch.curve, stitch.color_correction and plan.mode == "chain")
         writer = VideoWriter(out, plan.width, plan.height, plan.fps, codec=stitch.codec, crf=stitch.crf)
         try:
-            return PlanRun(plan, writer, OverlapStitcher(stitch.curve, stitch.color_correction), job, on_progress,
-                           on_stitching)
+            return PlanRun(plan, writer, stitcher, job, on_progress, on_stitching)
         except BaseException:
             writer.abort()
             raise

@@ -1,9 +1,12 @@
 """The planner: a pure function from (request, preset) to a RenderPlan. No Ray, no torch.
 
 Segment lengths obey the preset's frame rule (Wan: num_frames % 4 == 1) and maximum. In `chain`
-`bridge` neighbours share `overlap_frames` frames (crossfaded); in `keyframes` they share exactly one,
-the keyframe. When the frame rule cannot fit the video exactly, the last segment runs up to
-`frame_modulus - 1` frames past the end and the stitcher drops them.
+neighbours share `overlap_frames` frames (crossfaded); in `keyframes` they share exactly one, the
+keyframe. In `bridge` a bridge shares `overlap_frames` with the even segment before it (whose free
+end it continues, crossfaded) and exactly one with the even segment after it: that segment's
+keyframe, which the bridge ends on, so every keyframe is a frame of the output. When the frame rule
+cannot fit the video exactly, the last segment runs up to `frame_modulus - 1` frames past the end and
+the stitcher drops them.
 """
 
 from __future__ import annotations
@@ -26,22 +29,32 @@ def _even_split(total: int, parts: int) -> list[int]:
     return [base + (i < rem) for i in range(parts)]
 
 
-def fit_segments(total: int, overlap: int, max_len: int, preset: Preset) -> list[int]:
-    """Segment lengths for `total` frames with `overlap` frames shared at every seam.
+def seam_overlaps(mode: str, overlap_frames: int, segments: int) -> list[int]:
+    """Frames shared at each of the `segments - 1` seams (see the module docstring)."""
+    if mode == "keyframes":
+        return [1] * (segments - 1)
+    if mode == "bridge":
+        return [overlap_frames if seam % 2 == 0 else 1 for seam in range(segments - 1)]
+    return [overlap_frames] * (segments - 1)
+
+
+def fit_segments(total: int, mode: str, overlap_frames: int, max_len: int, preset: Preset) -> list[int]:
+    """Segment lengths for `total` frames with the mode's overlaps at the seams.
 
     Fewest segments first, lengths as even as possible. The frame rule may force the lengths to
     cover up to `frame_modulus - 1` frames more than `total`; those trailing frames are dropped.
     """
     m, r = preset.frame_modulus, preset.frame_remainder
     for n in range(1, total + 1):
-        need = total + (n - 1) * overlap
+        overlaps = seam_overlaps(mode, overlap_frames, n)
+        need = total + sum(overlaps)
         steps_total = max(0, -(-(need - n * r) // m))
         lengths = [r + m * k for k in _even_split(steps_total, n)]
         if max(lengths) > max_len:
             continue
-        excess = sum(lengths) - (n - 1) * overlap - total
+        excess = sum(lengths) - need
         kept = [*lengths[:-1], lengths[-1] - excess]
-        shared = [overlap * ((i > 0) + (i < n - 1)) for i in range(n)]
+        shared = [sum(overlaps[max(i - 1, 0):i + 1]) for i in range(n)]
         if all(k > s for k, s in zip(kept, shared, strict=True)):
             return lengths
     raise ValueError(f"cannot split {total} frames into segments of at most {max_len} frames")
@@ -86,9 +99,8 @@ def plan_render(request: RenderRequest, preset: Preset) -> RenderPlan:
     max_len = request.segment_frames or preset.max_frames
     _check(request, preset, mode, width, height, max_len)
 
-    overlap = 1 if mode == "keyframes" else request.overlap_frames
-    lengths = fit_segments(request.total_frames, overlap, max_len, preset)
-    overlaps = [overlap] * (len(lengths) - 1)
+    lengths = fit_segments(request.total_frames, mode, request.overlap_frames, max_len, preset)
+    overlaps = seam_overlaps(mode, request.overlap_frames, len(lengths))
     starts = [0]
     for length, shared in zip(lengths, overlaps, strict=False):
         starts.append(starts[-1] + length - shared)
@@ -158,8 +170,10 @@ def _conditioning(mode: str, i: int, starts: list[int], lengths: list[int],
         return FrameRef(source="keyframe", index=i), FrameRef(source="keyframe", index=i + 1), 0
     if i % 2 == 0:
         return FrameRef(source="keyframe", index=i // 2), None, 0
+    # A bridge continues its left neighbour from the start of their overlap and ends on its right
+    # neighbour's keyframe.
     first = FrameRef(source="segment", index=i - 1, frame=starts[i] - starts[i - 1])
-    last = FrameRef(source="segment", index=i + 1, frame=overlaps[i] - 1) if i + 1 < len(lengths) else None
+    last = FrameRef(source="keyframe", index=(i + 1) // 2) if i + 1 < len(lengths) else None
     return first, last, 1
 
 

@@ -46,5 +46,7 @@ class StitchConfig(BaseModel):
     codec: str = Field("libx264", description="ffmpeg video encoder.")
     crf: int = Field(18, ge=0, le=51, description="Constant rate factor for x264/x265 (lower is better).")
     color_correction: bool = Field(
-        True, description="Match each segment's per-channel mean and spread in its overlap to the previous segment's."
+        True,
+        description="Match each segment's per-channel mean and spread in its overlap to the previous segment's "
+        "(in chain mode; keyframes and bridge modes are anchored to their keyframes and do not drift).",
     )

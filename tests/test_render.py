@@ -7,6 +7,7 @@ import pytest
 
 from actors.config import ParallelConfig
 from orchestrator.config import EngineConfig
+from orchestrator.jobs import JobStore
 from orchestrator.request import RenderRequest
 from pipeline.config import ModelConfig
 from pipeline.video_io import read_video
@@ -39,6 +40,32 @@ def test_render_gives_exact_frames_rate_and_size(engine, tmp_path, mode):
     spatial, temporal = _variation(frames)
     assert spatial.min() > 10 and temporal.min() > 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+@pytest.mark.parametrize("mode", ["keyframes", "bridge"])
+def test_keyframes_land_on_their_planned_frames(engine, tmp_path, mode):
+    """The decoded MP4's frame at each planned keyframe position is that keyframe (PSNR), and the frames
+    two or more away from every keyframe are not (the video is not a still, the match is not luck)."""
+    request = RenderRequest(prompt="a fox", duration_s=7.5, mode=mode, segment_frames=33)
+    job = JobStore(tmp_path / "jobs").create(request)
+    result = engine.render(request, tmp_path / "out.mp4", job=job)
+    frames, info = read_video(result.path)
+    assert info.frames == 120
+    keyframes = [k for k in result.plan.keyframes if k.frame < info.frames]
+    assert len(keyframes) >= (4 if mode == "keyframes" else 2)
+    for k in keyframes:
+        image = job.load_frames("keyframes", k.index)
+        assert _psnr(frames[k.frame], image) >= 33, f"keyframe {k.index} at frame {k.frame}"
+        for frame in (k.frame - 1, k.frame + 1):  # an off-by-one placement would fail the bar above
+            if 0 <= frame < info.frames:
+                assert _psnr(frames[frame], image) < 30
+    away = [i for i in range(info.frames) if all(abs(i - k.frame) >= 2 for k in keyframes)]
+    assert max(_psnr(frames[i], job.load_frames("keyframes", k.index)) for i in away for k in keyframes) < 30
 
 
 def test_pool_loads_once_across_renders(engine, tmp_path):

@@ -40,7 +40,9 @@ def test_plan_covers_every_frame_with_valid_segments(duration, fps, overlap, mod
     for left, right in zip(segments, segments[1:], strict=False):
         shared = left.end_frame - right.start_frame
         assert shared == left.overlap_next == right.overlap_prev
-        assert shared == (1 if mode == "keyframes" else overlap)
+        # keyframes: the shared keyframe; bridge: overlap into a bridge, its right keyframe out of it
+        expected = {"keyframes": 1, "chain": overlap, "bridge": overlap if left.index % 2 == 0 else 1}[mode]
+        assert shared == expected
         assert right.start_frame > left.start_frame + left.overlap_prev  # every segment adds frames
     waves = {s.wave for s in segments}
     if mode == "keyframes":
@@ -65,6 +67,15 @@ def test_conditioning_frames_point_at_the_same_output_frame(duration, mode):
             assert target == s.start_frame + local
             if ref.source == "segment":
                 assert plan.segments[ref.index].wave < s.wave
+    if mode == "chain":
+        return
+    # Every keyframe is a frame of the output: each segment holding its frame is conditioned on it there.
+    for k in plan.keyframes:
+        holders = [s for s in plan.segments if s.start_frame <= k.frame < s.end_frame]
+        assert holders
+        for s in holders:
+            ref = s.first if k.frame == s.start_frame else s.last if k.frame == s.end_frame - 1 else None
+            assert ref is not None and (ref.source, ref.index) == ("keyframe", k.index)
 
 
 def test_sixty_seconds_default_plan():

@@ -99,23 +99,33 @@ def _vae():
             _centre(encoder.conv_out, channel, 0, float(std[channel] / (VAE_GAIN * head)))
             encoder.conv_out.bias[channel] = float(mean[channel])
 
-        # Decoder: value = VAE_GAIN * mean of the 16 normalised latent channels, in channel 1, constant in 0;
-        # each temporal upsample makes (3 previous + 5 current) / 8 and current (after the first
-        # chunk, whose "previous" is zero padding, this keeps frame contrast up); the head tints it.
+        # Decoder: value = VAE_GAIN * mean of the 16 normalised latent channels in channel 1, the previous
+        # frame's value in channel 2, the constant in 0. Each temporal upsample turns a frame into
+        # (3 previous + 5 current) / 8 and current. The previous frame comes from a causal convolution's
+        # cache (conv_in's at latent rate, a residual branch's at twice that), not from the upsample's own
+        # time convolution, which sees zero padding instead of frame 0 in the first chunk after it.
         decoder = vae.decoder
+        offset = -float(sum(VAE_GAIN * m / (16 * s) for m, s in zip(mean, std, strict=True)))
         for channel in range(16):
             _centre(decoder.conv_in, 1, channel, float(VAE_GAIN / (16 * std[channel])))
-        decoder.conv_in.bias[1] = -float(sum(VAE_GAIN * m / (16 * s) for m, s in zip(mean, std, strict=True)))
-        decoder.conv_in.bias[0] = VAE_CONSTANT
+            decoder.conv_in.weight[2, channel, 1, 1, 1] = float(VAE_GAIN / (16 * std[channel]))  # tap t-1
+        decoder.conv_in.bias[0], decoder.conv_in.bias[1], decoder.conv_in.bias[2] = VAE_CONSTANT, offset, offset
+        # The second frame-doubling block's residual branch copies the previous frame's value into channel 2:
+        # norm (x sqrt(3) / VAE_CONSTANT), SiLU (x 1/2) and back, twice.
+        relay = decoder.up_blocks[1].resnets[1]
+        gain = 2 * VAE_CONSTANT / 3**0.5
+        relay.conv1.weight[2, 1, 1, 1, 1] = gain  # tap t-1
+        relay.conv1.bias[0] = VAE_CONSTANT
+        _centre(relay.conv2, 2, 2, gain)
         for block in decoder.up_blocks:
             if block.upsamplers is None:
                 continue
             upsample = block.upsamplers[0]
             _centre(upsample.resample[1], 0, 1, 1.0)
-            if hasattr(upsample, "time_conv"):  # output channels: frame A 0..2, frame B 3..5; taps: t-2, t-1, t
-                weight = upsample.time_conv.weight
-                weight[1, 1, 1], weight[1, 1, 2] = 3 / 8, 5 / 8
-                weight[4, 1, 2] = 1.0
+            if hasattr(upsample, "time_conv"):  # output channels: frame A 0..2, frame B 3..5
+                _centre(upsample.time_conv, 1, 2, 3 / 8)
+                _centre(upsample.time_conv, 1, 1, 5 / 8)
+                _centre(upsample.time_conv, 4, 1, 1.0)
                 upsample.time_conv.bias[0] = upsample.time_conv.bias[3] = VAE_CONSTANT
         for rgb in range(3):
             _centre(decoder.conv_out, rgb, 1, float(tint[rgb] / head))

@@ -28,7 +28,7 @@ def _add_request_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storyboard", help="YAML or JSON list of {at_s, prompt, image?}")
     parser.add_argument("--image", help="image file to use as the first keyframe")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of video (default 60)")
-    parser.add_argument("--fps", type=int, default=16, help="frames per second (default 16)")
+    parser.add_argument("--fps", type=int, help="frames per second (default: the preset's native rate, 16 for tiny)")
     parser.add_argument("--width", type=int, help="pixels (default: the preset's)")
     parser.add_argument("--height", type=int, help="pixels (default: the preset's)")
     parser.add_argument("--seed", type=int, default=0)

@@ -90,10 +90,13 @@ def _check(request: RenderRequest, preset: Preset, mode: str, width: int, height
 
 
 def plan_render(request: RenderRequest, preset: Preset) -> RenderPlan:
-    """Plan keyframes and segments for `request` (its mode must be set) on `preset`."""
+    """Plan keyframes and segments for `request` (its mode must be set) on `preset`. Without an fps the
+    video plays at the preset's native rate: a model trained at 24 fps rendered at 16 plays in slow motion."""
     mode = request.mode
     if mode is None:
         raise ValueError("mode is not set; choose chain, keyframes or bridge")
+    if request.fps is None:
+        request = request.model_copy(update={"fps": preset.native_fps})
     width = request.width or preset.default_width
     height = request.height or preset.default_height
     max_len = request.segment_frames or preset.max_frames

@@ -52,7 +52,9 @@ class RenderRequest(BaseModel):
     )
     image: str | None = Field(None, description="Path of an image to use as the first keyframe instead of T2I.")
     duration_s: float = Field(60.0, gt=0, le=MAX_DURATION_S, description="Length of the video in seconds.")
-    fps: int = Field(16, ge=1, le=120, description="Output frame rate in frames per second.")
+    fps: int | None = Field(
+        None, ge=1, le=120, description="Output frame rate in frames per second (default: the preset's native rate)."
+    )
     width: int | None = Field(None, ge=16, le=4096, description="Width in pixels (preset default if omitted).")
     height: int | None = Field(None, ge=16, le=4096, description="Height in pixels (preset default if omitted).")
     seed: int = Field(0, ge=0, lt=2**31, description="Seed from which every keyframe and segment seed derives.")
@@ -98,5 +100,7 @@ class RenderRequest(BaseModel):
 
     @property
     def total_frames(self) -> int:
-        """Frames in the output video: round(duration_s * fps)."""
+        """Frames in the output video: round(duration_s * fps). The planner sets fps first."""
+        if self.fps is None:
+            raise ValueError("fps is not set; plan the request with its preset first")
         return round(self.duration_s * self.fps)

@@ -140,8 +140,9 @@ def test_preset_validates_and_names_installed_pipelines(name):
 def test_preset_plans_a_minute_in_every_mode(name):
     preset = load_preset(name)
     for mode in preset.modes:
-        plan = plan_render(RenderRequest(prompt="a fox", preset=name, mode=mode, fps=preset.native_fps), preset)
+        plan = plan_render(RenderRequest(prompt="a fox", preset=name, mode=mode), preset)
         assert (plan.width, plan.height) == (preset.default_width, preset.default_height)
+        assert (plan.fps, plan.total_frames) == (preset.native_fps, 60 * preset.native_fps)
         assert all(preset.is_valid_length(s.num_frames) and s.num_frames <= preset.max_frames for s in plan.segments)
 
 

@@ -77,13 +77,16 @@ class ShardRank:
         from pipeline.generate import SegmentGenerator
 
         started = time.perf_counter()
-        self.generator = SegmentGenerator(self.model, torch.device(self.device), self.sequence)
+        # Keyframes run on rank 0 alone (ShardGroup.submit), so only rank 0 holds the T2I pipeline.
+        self.generator = SegmentGenerator(self.model, torch.device(self.device), self.sequence,
+                                          keyframes=self.rank == 0)
         self.load_count += 1
         logger.info("rank %d loaded %s in %.1fs", self.rank, self.model.preset, time.perf_counter() - started)
 
     def warmup(self) -> None:
         preset = self._loaded().preset
-        self.generator.keyframe("warmup", 0, preset.spatial_multiple * 2, preset.spatial_multiple * 2, steps=1)
+        if self.generator.t2i is not None:
+            self.generator.keyframe("warmup", 0, preset.spatial_multiple * 2, preset.spatial_multiple * 2, steps=1)
 
     def keyframe(self, prompt: str, seed: int, width: int, height: int, steps: int, guidance: float) -> np.ndarray:
         frame = self._loaded().keyframe(prompt, seed, width, height, steps=steps, guidance=guidance)
@@ -138,6 +141,7 @@ class ShardRank:
             "node": ray.get_runtime_context().get_node_id(),
             "preset": self.model.preset if self.generator else None, "quantize": self.model.quantize,
             "quantized_components": self.generator.quantized if self.generator else [],
+            "keyframe_pipeline": self.generator is not None and self.generator.t2i is not None,
             "load_count": self.load_count, "segments_rendered": self.segments_rendered,
             "keyframes_rendered": self.keyframes_rendered,
         }

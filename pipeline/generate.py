@@ -61,18 +61,22 @@ def render_keyframe(pipe, prompt: str, width: int, height: int, steps: int, guid
 
 
 class SegmentGenerator:
-    """A preset's I2V and T2I pipelines, loaded once on one device, rendering many requests."""
+    """A preset's I2V and T2I pipelines, loaded once on one device, rendering many requests.
+
+    With `keyframes=False` the T2I pipeline is not loaded (the other ranks of a sequence-parallel group:
+    keyframes are one frame and run on rank 0 alone, and a FLUX keyframe model is ~17 GiB in bf16).
+    """
 
     def __init__(self, config: ModelConfig, device: torch.device,
-                 sequence: SequenceParallelConfig | None = None):
+                 sequence: SequenceParallelConfig | None = None, keyframes: bool = True):
         self.config = config
         self.preset: Preset = load_preset(config.preset)
         self.device = device
         self.sequence = sequence or SequenceParallelConfig()
         self.quantized: list[str] = []
-        self.i2v, self.t2i = self._load()
+        self.i2v, self.t2i = self._load(keyframes)
 
-    def _load(self):
+    def _load(self, keyframes: bool):
         import diffusers
         import transformers
 
@@ -88,13 +92,16 @@ class SegmentGenerator:
         i2v = i2v_cls.from_pretrained(i2v_path, dtype=dtype)
         if self.config.quantize == "int8":
             self.quantized = quantize_int8(i2v, self.preset.quantize_components)
-        shared = {name: getattr(i2v, name) for name in self.preset.t2i_shares}
-        t2i = t2i_cls.from_pretrained(t2i_path, dtype=dtype, **shared)
-        if self.config.quantize == "int8":
-            quantize_int8(t2i, tuple(c for c in self.preset.t2i_quantize_components if c not in shared))
+        t2i = None
+        if keyframes:
+            shared = {name: getattr(i2v, name) for name in self.preset.t2i_shares}
+            t2i = t2i_cls.from_pretrained(t2i_path, dtype=dtype, **shared)
+            if self.config.quantize == "int8":
+                quantize_int8(t2i, tuple(c for c in self.preset.t2i_quantize_components if c not in shared))
         for pipe in (i2v, t2i):
-            pipe.to(self.device)
-            pipe.set_progress_bar_config(disable=True)
+            if pipe is not None:
+                pipe.to(self.device)
+                pipe.set_progress_bar_config(disable=True)
         # Only the I2V transformer is sharded: keyframes are one frame, rendered on rank 0 alone.
         enable_sequence_parallel(i2v.transformer, self.sequence, self.preset.sp_backend, str(self.device))
         return i2v, t2i
@@ -110,6 +117,8 @@ class SegmentGenerator:
         with its own keyframe sampling (`t2i_steps`, `t2i_guidance`, e.g. a distilled FLUX.1-schnell)
         always uses that.
         """
+        if self.t2i is None:
+            raise RuntimeError("this generator was loaded without the keyframe (T2I) pipeline")
         steps = self.preset.t2i_steps or steps or self.preset.steps
         if self.preset.t2i_guidance is not None:
             guidance = self.preset.t2i_guidance

@@ -4,7 +4,8 @@ Nothing is loaded and torch is not imported, so `minutereel presets` answers at 
 
     per rank = weights + activations
 
-- Weights: every rank holds both pipelines whole. Sequence parallelism (diffusers' context parallelism,
+- Weights: rank 0 holds both pipelines whole (the other ranks only the I2V one: keyframes run on rank 0),
+  and the estimate is rank 0's. Sequence parallelism (diffusers' context parallelism,
   xDiT's USP) splits attention over the sequence, not the weights, so they do not shrink with the degree.
   A component the preset quantizes costs 1 byte per parameter (qint8: `python -m bench.quant` measures
   0.50x of bf16 for a whole transformer, scales, norms and biases included); any other costs the compute

@@ -120,6 +120,11 @@ class PlanRun:
                 self._conditioning[(segment, frame)] = np.array(frames[frame])
 
     @property
+    def segments_in_memory(self) -> int:
+        """Finished segments waiting in memory for the stitcher (with a job directory they wait on disk)."""
+        return len(self._segments)
+
+    @property
     def active(self) -> bool:
         return not self.finished.is_set()
 
@@ -156,7 +161,10 @@ class PlanRun:
             self.progress.keyframes_done += 1
         else:
             self._keep_conditioning(index, result)
-            self._segments[index] = result
+            if self.job is None or index == self._next_to_stitch:
+                self._segments[index] = result
+            else:  # saved above: read back when the stitcher reaches it, not held in the driver's memory
+                self._saved_segments.add(index)
             self.progress.segments_done += 1
             self._stitch_ready()
         self.on_progress(self.progress)

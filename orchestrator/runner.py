@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import threading
+import time
 
 import ray
 from PIL import Image
@@ -54,6 +55,7 @@ class JobRunner:
     def __init__(self, config: EngineConfig, jobs_root: str, max_active_jobs: int = 8):
         from orchestrator.engine import RenderEngine
 
+        self._settings = _runner_settings(config, jobs_root, max_active_jobs)
         self.engine = RenderEngine(config)
         self.store = JobStore(jobs_root)
         self.max_active_jobs = max_active_jobs
@@ -123,6 +125,10 @@ class JobRunner:
         """The finished video's path, or None while the job is not done; KeyError if unknown."""
         job = self.store.open(job_id)
         return str(job.output) if job.state().state == "done" and job.output.exists() else None
+
+    def settings(self) -> dict:
+        """What this runner was started with (engine config, jobs root, queue limit), as JSON-able data."""
+        return self._settings
 
     def workers(self) -> dict:
         """Pool occupancy: groups rendering now, groups in all, jobs unfinished."""
@@ -198,9 +204,41 @@ class JobRunner:
             except Exception as err:
                 job.update(state="failed", error=f"could not resume: {err}")
 
-def start_runner(config: EngineConfig, jobs_root: str, max_active_jobs: int, name: str = "minutereel-runner"):
-    """The named JobRunner actor, created if absent. It reserves no CPU: its pool's ranks do."""
+def _runner_settings(config: EngineConfig, jobs_root: str, max_active_jobs: int) -> dict:
+    return {"engine": config.model_dump(mode="json"), "jobs_root": str(jobs_root), "max_active_jobs": max_active_jobs}
+
+
+def start_runner(config: EngineConfig, jobs_root: str, max_active_jobs: int, name: str = "minutereel-runner",
+                 replace_timeout_s: float = 60.0):
+    """The named JobRunner actor, created if absent. It reserves no CPU: its pool's ranks do.
+
+    The actor is detached, so it outlives a Serve redeploy. If the running one was started with other
+    settings (a new preset, worker count, jobs root in serve.yaml), it is shut down and replaced: its
+    unfinished jobs keep their saved keyframes and segments, and the new runner resumes them.
+    """
     actor = ray.remote(JobRunner).options(
         name=name, get_if_exists=True, num_cpus=0, max_concurrency=16, lifetime="detached",
     )
+    runner = actor.remote(config, jobs_root, max_active_jobs)
+    wanted = _runner_settings(config, jobs_root, max_active_jobs)
+    try:
+        current = ray.get(runner.settings.remote())
+    except (AttributeError, ray.exceptions.RayError):  # a runner from an older minutereel, or a dead one
+        current = None
+    if current == wanted:
+        return runner
+    logger.warning("job runner %r runs with other settings; replacing it (its unfinished jobs resume)", name)
+    try:
+        ray.get(runner.shutdown.remote(), timeout=replace_timeout_s)
+    finally:
+        ray.kill(runner)
+    deadline = time.monotonic() + replace_timeout_s
+    while True:  # the name is released once the killed actor is gone
+        try:
+            ray.get_actor(name)
+        except ValueError:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"job runner {name!r} did not stop within {replace_timeout_s:.0f}s")
+        time.sleep(0.2)
     return actor.remote(config, jobs_root, max_active_jobs)

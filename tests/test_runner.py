@@ -1,0 +1,50 @@
+"""The detached JobRunner across redeploys: same settings keep it, new settings replace it and resume jobs."""
+
+import contextlib
+import time
+from pathlib import Path
+
+import ray
+
+from actors.config import ParallelConfig
+from orchestrator.config import EngineConfig
+from orchestrator.request import RenderRequest
+from pipeline.config import ModelConfig, StitchConfig
+
+
+def _wait(predicate, timeout_s):
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+def test_new_settings_replace_the_runner_and_it_resumes_unfinished_jobs(ray_cluster, tiny_cache, tmp_path):
+    from orchestrator.runner import start_runner
+
+    name, jobs = "test-redeploy-runner", str(tmp_path / "jobs")
+    model, parallel = ModelConfig(cache_dir=tiny_cache), ParallelConfig(workers=1)
+    runners = [start_runner(EngineConfig(model=model, parallel=parallel), jobs, 4, name=name)]
+    try:
+        first = runners[0]
+        assert start_runner(EngineConfig(model=model, parallel=parallel), jobs, 4, name=name) == first  # unchanged
+        request = RenderRequest(prompt="a fox", duration_s=6.0, mode="chain", segment_frames=33)
+        job_id = ray.get(first.submit.remote(request))
+        segments = Path(jobs) / job_id / "segments"
+        _wait(lambda: any(segments.glob("*.npy")), 120)
+
+        runners.append(start_runner(EngineConfig(model=model, parallel=parallel, stitch=StitchConfig(crf=23)),
+                                    jobs, 4, name=name))
+        second = runners[1]
+        assert second != first
+        assert ray.get(second.settings.remote())["engine"]["stitch"]["crf"] == 23
+        kept = {p.name: p.stat().st_mtime_ns for p in segments.glob("*.npy")}
+        _wait(lambda: ray.get(second.status.remote(job_id))["state"] == "done", 180)
+        assert ray.get(second.output_path.remote(job_id))
+        # What the first runner saved was resumed, not rendered again.
+        assert {p.name: p.stat().st_mtime_ns for p in segments.glob("*.npy") if p.name in kept} == kept
+    finally:
+        for runner in runners:
+            with contextlib.suppress(ray.exceptions.RayError):
+                ray.get(runner.shutdown.remote(), timeout=60)
+            ray.kill(runner)

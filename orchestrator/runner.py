@@ -25,6 +25,10 @@ logger = logging.getLogger(__name__)
 
 
 MAX_IMAGE_PIXELS = 4096 * 4096
+# The jobs root is a directory on the head node (ray_cluster.yaml): the runner that writes it and the Serve
+# ingress that reads videos from it run there. Their actors reserve no CPU, so without this Ray could place
+# them on any node, a GPU node's disk included.
+ON_HEAD_NODE = {"node:__internal_head__": 0.001}
 
 
 def check_image(data: bytes) -> None:
@@ -217,7 +221,7 @@ def start_runner(config: EngineConfig, jobs_root: str, max_active_jobs: int, nam
     unfinished jobs keep their saved keyframes and segments, and the new runner resumes them.
     """
     actor = ray.remote(JobRunner).options(
-        name=name, get_if_exists=True, num_cpus=0, max_concurrency=16, lifetime="detached",
+        name=name, get_if_exists=True, num_cpus=0, resources=ON_HEAD_NODE, max_concurrency=16, lifetime="detached",
     )
     runner = actor.remote(config, jobs_root, max_active_jobs)
     wanted = _runner_settings(config, jobs_root, max_active_jobs)

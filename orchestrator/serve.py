@@ -25,7 +25,7 @@ from actors.config import ParallelConfig
 from orchestrator.config import EngineConfig
 from orchestrator.jobs import TERMINAL
 from orchestrator.request import RenderRequest
-from orchestrator.runner import QueueFull, start_runner
+from orchestrator.runner import ON_HEAD_NODE, QueueFull, start_runner
 from pipeline.config import ModelConfig, StitchConfig
 
 EVENT_POLL_S = 0.25
@@ -113,7 +113,7 @@ async def require_token(request: Request, call_next):
     return await call_next(request)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
+@serve.deployment(ray_actor_options={"num_cpus": 0, "resources": ON_HEAD_NODE}, max_ongoing_requests=64)
 @serve.ingress(app)
 class RenderAPI:
     """HTTP routes; rendering happens on the runner's worker pool, never here."""
@@ -201,5 +201,5 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     except ValidationError as err:
         raise ValueError(f"invalid minutereel serve settings: {err}") from err
     env = {TOKEN_ENV: settings.api_token} if settings.api_token else {}
-    options = {"num_cpus": 0, "runtime_env": {"env_vars": env}}
+    options = {"num_cpus": 0, "resources": ON_HEAD_NODE, "runtime_env": {"env_vars": env}}
     return RenderAPI.options(ray_actor_options=options).bind(settings.model_dump(mode="json", exclude={"api_token"}))

@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 import ray
+from ray.util.state import get_actor
 
 from actors.config import ParallelConfig
 from orchestrator.config import EngineConfig
@@ -27,6 +28,8 @@ def test_new_settings_replace_the_runner_and_it_resumes_unfinished_jobs(ray_clus
     runners = [start_runner(EngineConfig(model=model, parallel=parallel), jobs, 4, name=name)]
     try:
         first = runners[0]
+        # Pinned to the head node, where the jobs root is (this test cluster has one node: check the request).
+        assert "node:__internal_head__" in get_actor(first._actor_id.hex()).required_resources
         assert start_runner(EngineConfig(model=model, parallel=parallel), jobs, 4, name=name) == first  # unchanged
         request = RenderRequest(prompt="a fox", duration_s=6.0, mode="chain", segment_frames=33)
         job_id = ray.get(first.submit.remote(request))

@@ -248,3 +248,13 @@ def test_schemathesis_finds_no_server_errors(api):
                 client.delete(f"/v1/renders/{folder.name}")
         _wait(lambda: client.get("/healthz").json()["workers"]["active_jobs"] == 0, 120)
     assert client.get("/healthz").status_code == 200
+
+
+def test_ingress_and_runner_are_pinned_to_the_head_node(api):
+    """Both touch the jobs root on the head's disk; they reserve no CPU, so only a resource pins them."""
+    from ray.util.state import list_actors
+
+    alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000, detail=True)
+    pinned = [a for a in alive if "RenderAPI" in a.class_name or a.name == "test-runner"]
+    assert len(pinned) == 2, [(a.class_name, a.name) for a in alive]
+    assert all("node:__internal_head__" in a.required_resources for a in pinned)

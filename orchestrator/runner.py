@@ -234,6 +234,8 @@ def start_runner(config: EngineConfig, jobs_root: str, max_active_jobs: int, nam
     logger.warning("job runner %r runs with other settings; replacing it (its unfinished jobs resume)", name)
     try:
         ray.get(runner.shutdown.remote(), timeout=replace_timeout_s)
+    except (AttributeError, ray.exceptions.RayError) as err:  # dead, stuck or too old to shut down: kill it
+        logger.warning("job runner %r did not shut down cleanly (%s); killing it", name, err)
     finally:
         ray.kill(runner)
     deadline = time.monotonic() + replace_timeout_s

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -50,8 +49,11 @@ def test_killed_rank_fails_the_group_call_within_timeout_and_group_is_rebuilt(ra
         first = np.zeros((128, 128, 3), np.uint8)
         request = SegmentRequest("a fox", 1, 81, 128, 128, first)
         victim = _pids(pool)[1]
-        ref = group.submit("segment", request)
-        time.sleep(1.0)
+        ref = group.submit("segment", request, "t0")
+        deadline = time.monotonic() + 60
+        while ray.get(group.ranks[0].progress.remote()) is None:  # kill mid-denoise, not on a timer
+            assert time.monotonic() < deadline, "the segment never reported a denoising step"
+            time.sleep(0.01)
         os.kill(victim, signal.SIGKILL)
         started = time.monotonic()
         with pytest.raises(ray.exceptions.RayError) as failure:
@@ -76,12 +78,15 @@ def test_render_survives_a_killed_worker_with_identical_output(ray_cluster, tiny
     request = RenderRequest(prompt="a fox", duration_s=8.0, mode="bridge", segment_frames=33)
     try:
         clean = read_video(engine.render(request, tmp_path / "clean.mp4").path)[0]
-        victim = _pids(engine.pool)[0]
-        killer = threading.Timer(2.0, os.kill, (victim, signal.SIGKILL))
-        killer.start()
-        survived = engine.render(request, tmp_path / "killed.mp4")
-        killer.join()
-        assert victim not in _pids(engine.pool)
+        victim, killed = _pids(engine.pool)[0], []
+
+        def kill_once_segments_are_due(progress):  # mid-render by construction, not by a timer
+            if not killed and progress.keyframes_done == progress.keyframes_total:
+                os.kill(victim, signal.SIGKILL)
+                killed.append(progress.segments_total - progress.segments_done)
+
+        survived = engine.render(request, tmp_path / "killed.mp4", on_progress=kill_once_segments_are_due)
+        assert len(killed) == 1 and killed[0] >= 2 and victim not in _pids(engine.pool)
         np.testing.assert_array_equal(read_video(survived.path)[0], clean)
     finally:
         engine.shutdown()

@@ -147,8 +147,7 @@ def _open_job(args: argparse.Namespace, request: RenderRequest):
     if not args.resume:
         raise ValueError(f"{folder} already holds a job; pass --resume to continue it, or choose a new --job-dir")
     job = store.open(folder.name)
-    if job.request() != request:
-        raise ValueError(f"{folder} holds a job for a different request; resume it with the same flags")
+    job.require_request(request, "Resume it with the same flags, or choose a new --job-dir.")
     return job
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import reprlib
 import tempfile
 import time
 import uuid
@@ -83,6 +84,14 @@ class Job:
 
     def request(self) -> RenderRequest:
         return RenderRequest.model_validate_json((self.dir / "request.json").read_text())
+
+    def require_request(self, request: RenderRequest, fix: str) -> None:
+        """ValueError naming each field where `request` differs from the request this job was made for."""
+        stored, given = self.request().model_dump(mode="json"), request.model_dump(mode="json")
+        changed = [f"{name} ({reprlib.repr(stored[name])} here, {reprlib.repr(given[name])} given)"
+                   for name in stored if stored[name] != given[name]]
+        if changed:
+            raise ValueError(f"{self.dir} holds a job for a different request: {'; '.join(changed)}. {fix}")
 
     def plan(self) -> RenderPlan | None:
         path = self.dir / "plan.json"

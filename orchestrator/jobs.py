@@ -138,13 +138,20 @@ class JobStore:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def create(self, request: RenderRequest, job_id: str | None = None) -> Job:
-        """A new job directory holding request.json and a queued state."""
-        job_id = job_id or uuid.uuid4().hex
+    @staticmethod
+    def new_id() -> str:
+        return uuid.uuid4().hex
+
+    def create(self, request: RenderRequest, job_id: str | None = None, files: dict[str, bytes] | None = None) -> Job:
+        """A new job directory holding `files` (an uploaded image), then request.json and a queued state:
+        a request is never on disk before the files it names."""
+        job_id = job_id or self.new_id()
         if not JOB_ID.match(job_id):
             raise ValueError(f"job id {job_id!r} must be 1-64 letters, digits, '-' or '_', starting alphanumeric")
         job = Job(self.root, job_id)
         job.dir.mkdir(parents=True, exist_ok=False)
+        for name, data in (files or {}).items():
+            atomic_write(job.dir / name, data)
         atomic_write(job.dir / "request.json", request.model_dump_json(indent=2).encode())
         atomic_write(job.dir / "state.json", JobState(id=job_id).model_dump_json(indent=2).encode())
         return job

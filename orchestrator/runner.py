@@ -17,7 +17,7 @@ import ray
 from PIL import Image
 
 from orchestrator.config import EngineConfig
-from orchestrator.jobs import TERMINAL, Job, JobProgress, JobStore, atomic_write
+from orchestrator.jobs import TERMINAL, Job, JobProgress, JobStore
 from orchestrator.request import RenderRequest
 from orchestrator.scheduler import PlanRun
 
@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 
 MAX_IMAGE_PIXELS = 4096 * 4096
+FIRST_IMAGE = "first_image"  # an uploaded first keyframe, inside its job directory
 # The jobs root is a directory on the head node (ray_cluster.yaml): the runner that writes it and the Serve
 # ingress that reads videos from it run there. Their actors reserve no CPU, so without this Ray could place
 # them on any node, a GPU node's disk included.
@@ -76,18 +77,18 @@ class JobRunner:
         """Plan and queue a render; returns its job id. `image` (PNG/JPEG bytes) is the first
         keyframe. ValueError for a request that cannot be planned or an unusable image,
         QueueFull when `max_active_jobs` are unfinished."""
+        job_id = job_id or self.store.new_id()
+        files = {}
         if image is not None:
             check_image(image)
-        self.engine.plan(request)  # raises ValueError before anything is written
+            files[FIRST_IMAGE] = image
+            request = request.model_copy(update={"image": str(Job(self.store.root, job_id).dir / FIRST_IMAGE)})
+        plan = self.engine.plan(request)  # raises ValueError before anything is written
         with self._lock:
             if len(self._runs) >= self.max_active_jobs:
                 raise QueueFull(f"{len(self._runs)} jobs are unfinished (the limit is {self.max_active_jobs})")
-            job = self.store.create(request, job_id)
-            if image is not None:
-                (job.dir / "first_image").write_bytes(image)
-                request = request.model_copy(update={"image": str(job.dir / "first_image")})
-                atomic_write(job.dir / "request.json", request.model_dump_json(indent=2).encode())
-            self._start(job, self.engine.plan(request))
+            job = self.store.create(request, job_id, files)
+            self._start(job, plan)
         return job.id
 
     def resume(self, job_id: str) -> str:

@@ -209,10 +209,18 @@ def test_uploaded_image_is_the_first_keyframe(api):
     picture = (np.indices((128, 128)).sum(axis=0) % 256).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(np.stack([picture] * 3, axis=-1)).save(buffer, format="PNG")
-    job = _submit(client, duration_s=1.0, image_base64=base64.b64encode(buffer.getvalue()).decode())
+    upload = base64.b64encode(buffer.getvalue()).decode()
+    before = set(jobs.iterdir())
+    bad = {"prompt": "a fox", "width": 100, "mode": "chain", "image_base64": upload}
+    refused = client.post("/v1/renders", json=bad)
+    assert refused.status_code == 422 and set(jobs.iterdir()) == before  # nothing written for a bad request
+    job = _submit(client, duration_s=1.0, image_base64=upload)
     _wait(lambda: client.get(job["status_url"]).json()["state"] == "done", 120)
-    plan = json.loads((jobs / job["id"] / "plan.json").read_text())
+    folder = jobs / job["id"]
+    plan = json.loads((folder / "plan.json").read_text())
     assert plan["keyframes"][0]["source"] == "image"
+    assert plan["keyframes"][0]["image"] == json.loads((folder / "request.json").read_text())["image"]
+    assert Path(plan["keyframes"][0]["image"]).read_bytes() == buffer.getvalue()
 
 
 def test_token_guards_every_route_but_healthz(api):

@@ -139,19 +139,23 @@ def plan_render(request: RenderRequest, preset: Preset) -> RenderPlan:
 
 def _keyframe_images(request: RenderRequest, keyframe_frames: list[int], reach: int) -> dict[int, str]:
     """Keyframe index -> user image: `--image` is keyframe 0; a storyboard image goes to the
-    keyframe nearest its time, which must lie within `reach` frames."""
+    keyframe nearest its time, which must lie within `reach` frames and inside the video (a last
+    segment trimmed to the duration can end on a keyframe past the end, where an image never shows)."""
     wanted = [("image", 0.0, request.image)] if request.image else []
     wanted += [(f"storyboard[{i}]", e.at_s, e.image) for i, e in enumerate(request.storyboard) if e.image]
     images: dict[int, str] = {}
     owners: dict[int, str] = {}
     for owner, at_s, image in wanted:
         frame = round(at_s * request.fps)
-        k = min(range(len(keyframe_frames)), key=lambda j: abs(keyframe_frames[j] - frame))
+        shown = [j for j, f in enumerate(keyframe_frames) if f < request.total_frames]
+        k = min(shown, key=lambda j: abs(keyframe_frames[j] - frame))
         if abs(keyframe_frames[k] - frame) > reach:
+            other = "use " if request.mode == "keyframes" else \
+                "use keyframes mode (a keyframe at every segment boundary) or "
             raise ValueError(
                 f"{owner} at {at_s} s has no keyframe near it in {request.mode} mode (keyframes at "
-                f"{', '.join(f'{f / request.fps:.2f}' for f in keyframe_frames)} s); move it to one of those times, "
-                "or use keyframes mode (a keyframe at every segment boundary) or a smaller --segment-frames"
+                f"{', '.join(f'{keyframe_frames[j] / request.fps:.2f}' for j in shown)} s); move it to one of "
+                f"those times, or {other}a smaller --segment-frames"
             )
         if k in images:
             raise ValueError(

@@ -147,6 +147,19 @@ def test_storyboard_image_far_from_any_keyframe_is_an_error(tmp_path):
         _plan(prompt=None, storyboard=_story(tmp_path, STORY), duration_s=12, mode="chain")
 
 
+def test_storyboard_image_near_the_end_goes_to_a_keyframe_inside_the_video():
+    # 35 frames; the last segment is trimmed, so its closing keyframe (frame 36) is past the end.
+    def story(at_s):
+        return [{"at_s": 0, "prompt": "sea"}, {"at_s": at_s, "prompt": "storm", "image": "late.png"}]
+
+    plan = _plan(prompt=None, storyboard=story(2.0), duration_s=2.2, mode="keyframes", segment_frames=17)
+    assert plan.keyframes[-1].frame >= plan.total_frames
+    (shown,) = [k for k in plan.keyframes if k.source == "image"]
+    assert shown.frame == 24 < plan.total_frames
+    with pytest.raises(ValueError, match=r"keyframes at 0.00, 0.75, 1.50 s\); .* or use a smaller --segment-frames$"):
+        _plan(prompt=None, storyboard=story(2.15), duration_s=2.2, mode="keyframes", segment_frames=17)
+
+
 def test_two_images_on_one_keyframe_is_an_error(tmp_path):
     story = _story(tmp_path, STORY)
     with pytest.raises(ValueError, match=r"image and storyboard\[0\] both fall on keyframe 0"):

@@ -88,7 +88,7 @@ def _start_entry(runner, store: JobStore, raw: dict[str, Any]) -> dict[str, dict
             row.update(action="rendered", state="rendering")
             return {entry_id: row}
         job = store.open(entry_id)
-        job.require_request(request, f"Give entry {entry_id!r} a new id to render it as a new job.")
+        job.resume_request(request, f"Give entry {entry_id!r} a new id to render it as a new job.")
         state = job.state()
         if state.state == "done" and job.output.exists():
             row.update(action="skipped", state="done", frames=state.progress.frames_written)

@@ -93,7 +93,7 @@ def _render(args: argparse.Namespace) -> int:
     from orchestrator.engine import RenderEngine
 
     request, config = _request(args), _engine_config(args)
-    job = _open_job(args, request)
+    job, request = _open_job(args, request)
     out = Path(args.out) if args.out else job.output
     output_format(out, config.stitch.codec)  # a codec/container mismatch fails before Ray starts
     engine = RenderEngine(config)
@@ -131,7 +131,8 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _open_job(args: argparse.Namespace, request: RenderRequest):
-    """The job directory named by --job-dir: new, or (with --resume) the one already there."""
+    """The job directory named by --job-dir (new, or with --resume the one already there) and the
+    request to render in it."""
     from orchestrator.jobs import JobStore
 
     if not args.job_dir:
@@ -139,16 +140,15 @@ def _open_job(args: argparse.Namespace, request: RenderRequest):
             raise ValueError("--resume needs --job-dir DIR")
         if not args.out:
             raise ValueError("give --out FILE (or --job-dir DIR to render into DIR/output.mp4)")
-        return None
+        return None, request
     folder = Path(args.job_dir).resolve()
     store = JobStore(folder.parent)
     if not store.exists(folder.name):
-        return store.create(request, job_id=folder.name)
+        return store.create(request, job_id=folder.name), request
     if not args.resume:
         raise ValueError(f"{folder} already holds a job; pass --resume to continue it, or choose a new --job-dir")
     job = store.open(folder.name)
-    job.require_request(request, "Resume it with the same flags, or choose a new --job-dir.")
-    return job
+    return job, job.resume_request(request, "Resume it with the same flags, or choose a new --job-dir.")
 
 
 def _serve(args: argparse.Namespace) -> int:

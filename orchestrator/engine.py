@@ -92,16 +92,29 @@ class RenderEngine:
             writer.abort()
             raise
 
+    def job_plan(self, job: Job, request: RenderRequest | None = None) -> RenderPlan:
+        """The plan `job` renders: the one it saved, if any (its saved frames belong to that plan, even
+        when this engine's worker count or planner would choose another), else a new one for `request`
+        (default: the job's own)."""
+        plan = job.plan()
+        if plan is None:
+            return self.plan(request or job.request())
+        if request is not None:
+            job.resume_request(request, "Use a new job directory for a new request.")
+        if plan.preset != self.preset.name:
+            raise ValueError(f"job {job.id} was planned for preset {plan.preset!r}, "
+                             f"but this engine holds {self.preset.name!r}")
+        return plan
+
     def render(self, request: RenderRequest, out: Path, on_progress: Callable[[JobProgress], None] = lambda p: None,
                job: Job | None = None) -> RenderResult:
         """Render `request` to the video file at `out` on this thread; with `job`, save every keyframe
         and segment there and render only what the job does not hold yet."""
         started = time.perf_counter()
-        plan = self.plan(request)
-        if job is not None:
-            saved = job.plan()
-            if saved is not None and saved != plan:
-                raise ValueError(f"job {job.id} was planned for a different request; use a new job directory")
+        if job is None:
+            plan = self.plan(request)
+        else:
+            plan = self.job_plan(job, request)
             job.save_plan(plan)
         run = self.open_run(plan, out, job, on_progress)
         progress = self.dispatcher.drive(run)

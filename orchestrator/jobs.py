@@ -32,6 +32,8 @@ from orchestrator.request import RenderRequest
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 JobStatus = Literal["queued", "planning", "rendering", "stitching", "done", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"done", "failed", "cancelled"})
+# Request fields that may be left unset for the engine to choose, each also a field of the plan.
+PLANNED_FIELDS = ("mode", "fps", "width", "height", "steps", "guidance")
 
 
 class JobProgress(BaseModel):
@@ -85,13 +87,22 @@ class Job:
     def request(self) -> RenderRequest:
         return RenderRequest.model_validate_json((self.dir / "request.json").read_text())
 
-    def require_request(self, request: RenderRequest, fix: str) -> None:
-        """ValueError naming each field where `request` differs from the request this job was made for."""
-        stored, given = self.request().model_dump(mode="json"), request.model_dump(mode="json")
-        changed = [f"{name} ({reprlib.repr(stored[name])} here, {reprlib.repr(given[name])} given)"
-                   for name in stored if stored[name] != given[name]]
+    def resume_request(self, request: RenderRequest, fix: str) -> RenderRequest:
+        """`request` as this job resumes it. Fields it leaves unset keep the job's values, including what
+        the job's plan chose (a default mode follows the worker count, which may have changed); a field
+        set to something else is a ValueError naming each such field and ending with `fix`."""
+        stored, plan = self.request(), self.plan()
+        if plan is not None:
+            stored = stored.model_copy(update={name: getattr(plan, name) for name in PLANNED_FIELDS
+                                               if getattr(stored, name) is None})
+        request = request.model_copy(update={name: getattr(stored, name) for name in PLANNED_FIELDS
+                                             if getattr(request, name) is None})
+        kept, given = stored.model_dump(mode="json"), request.model_dump(mode="json")
+        changed = [f"{name} ({reprlib.repr(kept[name])} here, {reprlib.repr(given[name])} given)"
+                   for name in kept if kept[name] != given[name]]
         if changed:
             raise ValueError(f"{self.dir} holds a job for a different request: {'; '.join(changed)}. {fix}")
+        return request
 
     def plan(self) -> RenderPlan | None:
         path = self.dir / "plan.json"

@@ -96,7 +96,7 @@ class JobRunner:
         job = self.store.open(job_id)
         with self._lock:
             if job_id not in self._runs and job.state().state != "done":
-                self._start(job, self.engine.plan(job.request()))
+                self._start(job, self.engine.job_plan(job))
         return job_id
 
     def status(self, job_id: str) -> dict:
@@ -205,7 +205,7 @@ class JobRunner:
             logger.info("resuming job %s", job.id)
             try:
                 with self._lock:
-                    self._start(job, self.engine.plan(job.request()))
+                    self._start(job, self.engine.job_plan(job))
             except Exception as err:
                 job.update(state="failed", error=f"could not resume: {err}")
 

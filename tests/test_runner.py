@@ -1,6 +1,7 @@
 """The detached JobRunner across redeploys: same settings keep it, new settings replace it and resume jobs."""
 
 import contextlib
+import json
 import time
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from actors.config import ParallelConfig
 from orchestrator.config import EngineConfig
 from orchestrator.request import RenderRequest
 from pipeline.config import ModelConfig, StitchConfig
+from pipeline.video_io import read_video
 
 
 def _wait(predicate, timeout_s):
@@ -31,21 +33,26 @@ def test_new_settings_replace_the_runner_and_it_resumes_unfinished_jobs(ray_clus
         # Pinned to the head node, where the jobs root is (this test cluster has one node: check the request).
         assert "node:__internal_head__" in get_actor(first._actor_id.hex()).required_resources
         assert start_runner(EngineConfig(model=model, parallel=parallel), jobs, 4, name=name) == first  # unchanged
-        request = RenderRequest(prompt="a fox", duration_s=6.0, mode="chain", segment_frames=33)
+        # No mode: one worker plans chain; the replacement's two workers would plan bridge.
+        request = RenderRequest(prompt="a fox", duration_s=12.0, segment_frames=33)
         job_id = ray.get(first.submit.remote(request))
-        segments = Path(jobs) / job_id / "segments"
-        _wait(lambda: any(segments.glob("*.npy")), 120)
+        folder = Path(jobs) / job_id
+        _wait(lambda: any((folder / "segments").glob("*.npy")), 120)
 
-        runners.append(start_runner(EngineConfig(model=model, parallel=parallel, stitch=StitchConfig(crf=23)),
+        more = ParallelConfig(workers=2)
+        runners.append(start_runner(EngineConfig(model=model, parallel=more, stitch=StitchConfig(crf=23)),
                                     jobs, 4, name=name))
         second = runners[1]
         assert second != first
         assert ray.get(second.settings.remote())["engine"]["stitch"]["crf"] == 23
-        kept = {p.name: p.stat().st_mtime_ns for p in segments.glob("*.npy")}
+        kept = {p.name: p.stat().st_mtime_ns for p in (folder / "segments").glob("*.npy")}
+        planned = json.loads((folder / "plan.json").read_text())
+        assert planned["mode"] == "chain" and len(kept) < len(planned["segments"])  # replaced mid-job
         _wait(lambda: ray.get(second.status.remote(job_id))["state"] == "done", 180)
-        assert ray.get(second.output_path.remote(job_id))
-        # What the first runner saved was resumed, not rendered again.
-        assert {p.name: p.stat().st_mtime_ns for p in segments.glob("*.npy") if p.name in kept} == kept
+        # The job kept its plan and what the first runner saved was resumed, not rendered again.
+        assert json.loads((folder / "plan.json").read_text()) == planned
+        assert read_video(ray.get(second.output_path.remote(job_id)))[1].frames == 192
+        assert {p.name: p.stat().st_mtime_ns for p in (folder / "segments").glob("*.npy") if p.name in kept} == kept
     finally:
         for runner in runners:
             with contextlib.suppress(ray.exceptions.RayError):

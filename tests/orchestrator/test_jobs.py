@@ -5,17 +5,33 @@ import pytest
 from orchestrator.batch import _start_entry
 from orchestrator.cli import main
 from orchestrator.jobs import JobStore
+from orchestrator.planner import plan_render
 from orchestrator.request import RenderRequest
+from pipeline.presets import load_preset
+
+TINY = load_preset("tiny")
 
 
 def test_a_different_request_names_each_changed_field(tmp_path):
     job = JobStore(tmp_path).create(RenderRequest(prompt="a fox", duration_s=8.0, seed=1))
-    job.require_request(RenderRequest(prompt="a fox", duration_s=8.0, seed=1), "fix")  # same: no error
+    job.resume_request(RenderRequest(prompt="a fox", duration_s=8.0, seed=1), "fix")  # same: no error
     with pytest.raises(ValueError) as err:
-        job.require_request(RenderRequest(prompt="a fox", duration_s=9.0, seed=2), "Use a new id.")
+        job.resume_request(RenderRequest(prompt="a fox", duration_s=9.0, seed=2), "Use a new id.")
     message = str(err.value)
     assert "duration_s (8.0 here, 9.0 given)" in message and "seed (1 here, 2 given)" in message
     assert "prompt" not in message and message.endswith("Use a new id.")
+
+
+def test_unset_fields_keep_what_the_job_chose(tmp_path):
+    """A job made with fps 16 stated, or with the mode left to the worker count, resumes with the same
+    flags after the fps default changed or the worker count did."""
+    job = JobStore(tmp_path).create(RenderRequest(prompt="a fox", fps=16))
+    job.save_plan(plan_render(RenderRequest(prompt="a fox", fps=16, mode="chain"), TINY))
+    resumed = job.resume_request(RenderRequest(prompt="a fox"), "fix")
+    assert (resumed.fps, resumed.mode, resumed.width, resumed.steps) == (16, "chain", 128, 4)
+    assert job.resume_request(RenderRequest(prompt="a fox", mode="chain", width=128), "fix") == resumed
+    with pytest.raises(ValueError, match=r"mode \('chain' here, 'bridge' given\)"):
+        job.resume_request(RenderRequest(prompt="a fox", mode="bridge"), "fix")
 
 
 def test_cli_resume_with_other_flags_names_the_flag_and_starts_nothing(tmp_path, capsys):

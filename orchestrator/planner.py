@@ -17,6 +17,10 @@ from orchestrator.plan import FrameRef, KeyframeSpec, RenderPlan, SegmentSpec
 from orchestrator.request import RenderRequest
 from pipeline.presets import Preset
 
+# Far above a long film's needs (an hour at 30 fps in 81-frame segments is ~1,500), low enough that one
+# request cannot make a plan of hundreds of thousands of tasks.
+MAX_SEGMENTS = 10_000
+
 
 def derive_seed(request_seed: int, kind: str, index: int) -> int:
     """Seed of one keyframe or segment, from (request seed, kind, index) only."""
@@ -38,6 +42,19 @@ def seam_overlaps(mode: str, overlap_frames: int, segments: int) -> list[int]:
     return [overlap_frames] * (segments - 1)
 
 
+def _fewest_possible(total: int, mode: str, overlap_frames: int, max_len: int) -> int:
+    """The smallest n whose n full-length segments, less their seams, can cover `total` frames: no
+    fewer can fit. Their reach grows with n (a segment is longer than any seam), so bisect."""
+    def reach(n: int) -> int:
+        return n * max_len - sum(seam_overlaps(mode, overlap_frames, n))
+
+    low, high = 1, max(1, total)
+    while low < high:
+        mid = (low + high) // 2
+        low, high = (mid + 1, high) if reach(mid) < total else (low, mid)
+    return low
+
+
 def fit_segments(total: int, mode: str, overlap_frames: int, max_len: int, preset: Preset) -> list[int]:
     """Segment lengths for `total` frames with the mode's overlaps at the seams.
 
@@ -45,7 +62,7 @@ def fit_segments(total: int, mode: str, overlap_frames: int, max_len: int, prese
     cover up to `frame_modulus - 1` frames more than `total`; those trailing frames are dropped.
     """
     m, r = preset.frame_modulus, preset.frame_remainder
-    for n in range(1, total + 1):
+    for n in range(_fewest_possible(total, mode, overlap_frames, max_len), total + 1):
         overlaps = seam_overlaps(mode, overlap_frames, n)
         need = total + sum(overlaps)
         steps_total = max(0, -(-(need - n * r) // m))
@@ -103,6 +120,11 @@ def plan_render(request: RenderRequest, preset: Preset) -> RenderPlan:
     _check(request, preset, mode, width, height, max_len)
 
     lengths = fit_segments(request.total_frames, mode, request.overlap_frames, max_len, preset)
+    if len(lengths) > MAX_SEGMENTS:
+        raise ValueError(
+            f"{request.total_frames} frames in segments of at most {max_len} frames need {len(lengths)} segments; "
+            f"the limit is {MAX_SEGMENTS}: raise segment_frames, or lower duration_s or fps"
+        )
     overlaps = seam_overlaps(mode, request.overlap_frames, len(lengths))
     starts = [0]
     for length, shared in zip(lengths, overlaps, strict=False):

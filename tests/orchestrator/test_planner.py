@@ -106,6 +106,7 @@ def test_default_mode_follows_workers():
     ({"mode": "chain", "overlap_frames": 21}, "overlap_frames 21"),
     ({"mode": "chain", "duration_s": 0.01}, "less than one frame"),
     ({}, "mode is not set"),
+    ({"mode": "keyframes", "duration_s": 3600, "fps": 120, "segment_frames": 5}, "need 108000 segments; the limit"),
 ])
 def test_bad_requests_name_the_field(fields, message):
     with pytest.raises(ValueError, match=message):

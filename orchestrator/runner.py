@@ -20,6 +20,7 @@ from orchestrator.config import EngineConfig
 from orchestrator.jobs import TERMINAL, Job, JobProgress, JobStore
 from orchestrator.request import RenderRequest
 from orchestrator.scheduler import PlanRun
+from pipeline.presets import load_preset
 
 logger = logging.getLogger(__name__)
 
@@ -146,10 +147,11 @@ class JobRunner:
         same jobs root resumes them."""
         self._stop.set()
         self._thread.join(timeout=10)
-        with self._lock:
-            for run in self._runs.values():
-                run.fail(RuntimeError("the job runner stopped"))  # closes the encoder, drops the partial file
+        with self._lock:  # forgotten first, so the dispatcher thread, if still stitching, cannot mark them failed
+            runs = list(self._runs.values())
             self._runs.clear()
+        for run in runs:  # through the dispatcher's lock: a stitch in progress ends before the encoder closes
+            self.engine.dispatcher.cancel(run, RuntimeError("the job runner stopped"))
         self.engine.shutdown()
 
     # -- internals -------------------------------------------------------------------------------
@@ -218,9 +220,13 @@ def start_runner(config: EngineConfig, jobs_root: str, max_active_jobs: int, nam
     """The named JobRunner actor, created if absent. It reserves no CPU: its pool's ranks do.
 
     The actor is detached, so it outlives a Serve redeploy. If the running one was started with other
-    settings (a new preset, worker count, jobs root in serve.yaml), it is shut down and replaced: its
-    unfinished jobs keep their saved keyframes and segments, and the new runner resumes them.
+    settings (a new worker count, jobs root, encoder settings in serve.yaml), it is shut down and
+    replaced: its unfinished jobs keep their saved keyframes and segments, and the new runner resumes
+    them on the plans they were made with. Jobs planned for another preset fail with that reason.
+    Settings that cannot work (an unknown preset) raise before the running runner is touched, and a
+    replacement that cannot start raises its reason here rather than behind a healthy-looking ingress.
     """
+    load_preset(config.model.preset)  # an unknown preset: ValueError listing the known ones
     actor = ray.remote(JobRunner).options(
         name=name, get_if_exists=True, num_cpus=0, resources=ON_HEAD_NODE, max_concurrency=16, lifetime="detached",
     )
@@ -240,12 +246,15 @@ def start_runner(config: EngineConfig, jobs_root: str, max_active_jobs: int, nam
     finally:
         ray.kill(runner)
     deadline = time.monotonic() + replace_timeout_s
-    while True:  # the name is released once the killed actor is gone
+    while True:  # the name is released once the killed actor is gone, or taken by a concurrent caller's runner
         try:
-            ray.get_actor(name)
+            if ray.get_actor(name)._actor_id != runner._actor_id:
+                break
         except ValueError:
             break
         if time.monotonic() > deadline:
             raise RuntimeError(f"job runner {name!r} did not stop within {replace_timeout_s:.0f}s")
         time.sleep(0.2)
-    return actor.remote(config, jobs_root, max_active_jobs)
+    runner = actor.remote(config, jobs_root, max_active_jobs)  # get_if_exists: a concurrent caller's, or ours
+    ray.get(runner.settings.remote())  # waits for its engine; raises why it could not start
+    return runner

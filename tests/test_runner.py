@@ -5,6 +5,7 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 import ray
 from ray.util.state import get_actor
 
@@ -33,6 +34,10 @@ def test_new_settings_replace_the_runner_and_it_resumes_unfinished_jobs(ray_clus
         # Pinned to the head node, where the jobs root is (this test cluster has one node: check the request).
         assert "node:__internal_head__" in get_actor(first._actor_id.hex()).required_resources
         assert start_runner(EngineConfig(model=model, parallel=parallel), jobs, 4, name=name) == first  # unchanged
+        unknown = model.model_copy(update={"preset": "nope"})
+        with pytest.raises(ValueError, match="known presets"):  # refused before the running runner is touched
+            start_runner(EngineConfig(model=unknown, parallel=parallel), jobs, 4, name=name)
+        assert ray.get(first.settings.remote(), timeout=30)["engine"]["model"]["preset"] == "tiny"
         # No mode: one worker plans chain; the replacement's two workers would plan bridge.
         request = RenderRequest(prompt="a fox", duration_s=12.0, segment_frames=33)
         job_id = ray.get(first.submit.remote(request))

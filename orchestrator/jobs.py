@@ -21,7 +21,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -98,8 +98,7 @@ class Job:
         request = request.model_copy(update={name: getattr(stored, name) for name in PLANNED_FIELDS
                                              if getattr(request, name) is None})
         kept, given = stored.model_dump(mode="json"), request.model_dump(mode="json")
-        changed = [f"{name} ({reprlib.repr(kept[name])} here, {reprlib.repr(given[name])} given)"
-                   for name in kept if kept[name] != given[name]]
+        changed = [_difference(name, kept[name], given[name]) for name in kept if kept[name] != given[name]]
         if changed:
             raise ValueError(f"{self.dir} holds a job for a different request: {'; '.join(changed)}. {fix}")
         return request
@@ -140,6 +139,26 @@ class Job:
 
     def load_frames(self, kind: Literal["keyframes", "segments"], index: int, mmap: bool = False) -> np.ndarray:
         return np.load(self._array_path(kind, index), mmap_mode="r" if mmap else None)
+
+
+def _difference(name: str, here: Any, given: Any) -> str:
+    """`name (here-value here, given-value given)`, narrowed to the first differing list item, key or
+    stretch of text, so a long prompt or storyboard shows where it changed."""
+    if isinstance(here, list) and isinstance(given, list) and len(here) == len(given):
+        i = next(i for i, (a, b) in enumerate(zip(here, given, strict=True)) if a != b)
+        return _difference(f"{name}[{i}]", here[i], given[i])
+    if isinstance(here, dict) and isinstance(given, dict) and here.keys() == given.keys():
+        key = next(k for k in here if here[k] != given[k])
+        return _difference(f"{name}.{key}", here[key], given[key])
+    if isinstance(here, str) and isinstance(given, str) and max(len(here), len(given)) > 40:
+        at = next((i for i, (a, b) in enumerate(zip(here, given, strict=False)) if a != b), min(len(here), len(given)))
+        start = max(0, at - 10)
+        return f"{name} from character {at} ({_excerpt(here, start)} here, {_excerpt(given, start)} given)"
+    return f"{name} ({reprlib.repr(here)} here, {reprlib.repr(given)} given)"
+
+
+def _excerpt(text: str, start: int) -> str:
+    return ("..." if start else "") + repr(text[start:start + 30]) + ("..." if len(text) > start + 30 else "")
 
 
 class JobStore:

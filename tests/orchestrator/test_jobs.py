@@ -22,6 +22,20 @@ def test_a_different_request_names_each_changed_field(tmp_path):
     assert "prompt" not in message and message.endswith("Use a new id.")
 
 
+def test_long_prompts_and_storyboards_show_where_they_changed(tmp_path):
+    prompt = "a fox running through a snowy forest at dawn, cinematic"
+    story = [{"at_s": s, "prompt": f"shot {s}"} for s in range(8)]
+    job = JobStore(tmp_path).create(RenderRequest(prompt=prompt, storyboard=story, duration_s=10))
+    changed = [*story[:7], {"at_s": 7, "prompt": "shot seven"}]
+    with pytest.raises(ValueError) as err:
+        job.resume_request(RenderRequest(prompt=prompt.replace("dawn", "dusk"), storyboard=changed, duration_s=10),
+                           "fix")
+    message = str(err.value)
+    assert "prompt from character 41 (...'orest at dawn, cinematic' here, ...'orest at dusk, cinematic' given)" \
+        in message
+    assert "storyboard[7].prompt ('shot 7' here, 'shot seven' given)" in message
+
+
 def test_unset_fields_keep_what_the_job_chose(tmp_path):
     """A job made with fps 16 stated, or with the mode left to the worker count, resumes with the same
     flags after the fps default changed or the worker count did."""

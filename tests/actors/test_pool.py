@@ -47,14 +47,15 @@ def test_killed_rank_fails_the_group_call_within_timeout_and_group_is_rebuilt(ra
     try:
         group = pool.groups[0]
         first = np.zeros((128, 128, 3), np.uint8)
-        request = SegmentRequest("a fox", 1, 81, 128, 128, first)
+        request = SegmentRequest("a fox", 1, 81, 128, 128, first, steps=12)  # 11 steps left when killed
         victim = _pids(pool)[1]
         ref = group.submit("segment", request, "t0")
         deadline = time.monotonic() + 60
-        while ray.get(group.ranks[0].progress.remote()) is None:  # kill mid-denoise, not on a timer
+        while (current := ray.get(group.ranks[0].progress.remote())) is None:  # kill mid-denoise, not on a timer
             assert time.monotonic() < deadline, "the segment never reported a denoising step"
             time.sleep(0.01)
         os.kill(victim, signal.SIGKILL)
+        assert current["step"] < current["steps"]
         started = time.monotonic()
         with pytest.raises(ray.exceptions.RayError) as failure:
             ray.get(ref, timeout=timeout_s + 30)

@@ -98,7 +98,7 @@ def _render(args: argparse.Namespace) -> int:
     output_format(out, config.stitch.codec)  # a codec/container mismatch fails before Ray starts
     engine = RenderEngine(config)
     try:
-        plan = engine.plan(request)
+        plan = engine.job_plan(job, request) if job else engine.plan(request)  # a resumed job keeps its plan
         bar = tqdm(total=len(plan.keyframes) + len(plan.segments), unit="task", desc=f"render ({plan.mode})")
 
         def show(progress):

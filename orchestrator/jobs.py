@@ -144,7 +144,9 @@ class Job:
 def _difference(name: str, here: Any, given: Any) -> str:
     """`name (here-value here, given-value given)`, narrowed to the first differing list item, key or
     stretch of text, so a long prompt or storyboard shows where it changed."""
-    if isinstance(here, list) and isinstance(given, list) and len(here) == len(given):
+    if isinstance(here, list) and isinstance(given, list):
+        if len(here) != len(given):
+            return f"{name} ({len(here)} entries here, {len(given)} given)"
         i = next(i for i, (a, b) in enumerate(zip(here, given, strict=True)) if a != b)
         return _difference(f"{name}[{i}]", here[i], given[i])
     if isinstance(here, dict) and isinstance(given, dict) and here.keys() == given.keys():
@@ -154,7 +156,11 @@ def _difference(name: str, here: Any, given: Any) -> str:
         at = next((i for i, (a, b) in enumerate(zip(here, given, strict=False)) if a != b), min(len(here), len(given)))
         start = max(0, at - 10)
         return f"{name} from character {at} ({_excerpt(here, start)} here, {_excerpt(given, start)} given)"
-    return f"{name} ({reprlib.repr(here)} here, {reprlib.repr(given)} given)"
+    return f"{name} ({_shown(here)} here, {_shown(given)} given)"
+
+
+def _shown(value: Any) -> str:
+    return "unset" if value is None else repr(value) if isinstance(value, str) else reprlib.repr(value)
 
 
 def _excerpt(text: str, start: int) -> str:
@@ -170,6 +176,7 @@ class JobStore:
 
     @staticmethod
     def new_id() -> str:
+        """A fresh job id (what `create` uses when given none)."""
         return uuid.uuid4().hex
 
     def create(self, request: RenderRequest, job_id: str | None = None, files: dict[str, bytes] | None = None) -> Job:

@@ -60,7 +60,12 @@ def fit_segments(total: int, mode: str, overlap_frames: int, max_len: int, prese
 
     Fewest segments first, lengths as even as possible. The frame rule may force the lengths to
     cover up to `frame_modulus - 1` frames more than `total`; those trailing frames are dropped.
+    Needs every seam shorter than `max_len` (the planner's checks keep it far below): otherwise
+    more segments would not reach further.
     """
+    widest_seam = max(seam_overlaps(mode, overlap_frames, 3))
+    if widest_seam >= max_len:
+        raise ValueError(f"overlap_frames {widest_seam} must be under the segment length {max_len}")
     m, r = preset.frame_modulus, preset.frame_remainder
     for n in range(_fewest_possible(total, mode, overlap_frames, max_len), total + 1):
         overlaps = seam_overlaps(mode, overlap_frames, n)
@@ -167,13 +172,15 @@ def _keyframe_images(request: RenderRequest, keyframe_frames: list[int], reach: 
     wanted += [(f"storyboard[{i}]", e.at_s, e.image) for i, e in enumerate(request.storyboard) if e.image]
     images: dict[int, str] = {}
     owners: dict[int, str] = {}
+    shown = [j for j, f in enumerate(keyframe_frames) if f < request.total_frames]
     for owner, at_s, image in wanted:
         frame = round(at_s * request.fps)
-        shown = [j for j, f in enumerate(keyframe_frames) if f < request.total_frames]
         k = min(shown, key=lambda j: abs(keyframe_frames[j] - frame))
         if abs(keyframe_frames[k] - frame) > reach:
-            other = "use " if request.mode == "keyframes" else \
-                "use keyframes mode (a keyframe at every segment boundary) or "
+            if request.mode == "keyframes":
+                other = "use "
+            else:
+                other = "use keyframes mode (a keyframe at every segment boundary) or "
             raise ValueError(
                 f"{owner} at {at_s} s has no keyframe near it in {request.mode} mode (keyframes at "
                 f"{', '.join(f'{keyframe_frames[j] / request.fps:.2f}' for j in shown)} s); move it to one of "

@@ -147,6 +147,7 @@ class JobRunner:
         same jobs root resumes them."""
         self._stop.set()
         self._thread.join(timeout=10)
+        self._finish_ended()  # record runs that ended (a user's cancel) since the thread last looked
         with self._lock:  # forgotten first, so the dispatcher thread, if still stitching, cannot mark them failed
             runs = list(self._runs.values())
             self._runs.clear()
@@ -248,7 +249,7 @@ def start_runner(config: EngineConfig, jobs_root: str, max_active_jobs: int, nam
     deadline = time.monotonic() + replace_timeout_s
     while True:  # the name is released once the killed actor is gone, or taken by a concurrent caller's runner
         try:
-            if ray.get_actor(name)._actor_id != runner._actor_id:
+            if ray.get_actor(name) != runner:
                 break
         except ValueError:
             break
@@ -256,5 +257,6 @@ def start_runner(config: EngineConfig, jobs_root: str, max_active_jobs: int, nam
             raise RuntimeError(f"job runner {name!r} did not stop within {replace_timeout_s:.0f}s")
         time.sleep(0.2)
     runner = actor.remote(config, jobs_root, max_active_jobs)  # get_if_exists: a concurrent caller's, or ours
-    ray.get(runner.settings.remote())  # waits for its engine; raises why it could not start
+    if ray.get(runner.settings.remote()) != wanted:  # waits for its engine; raises why it could not start
+        logger.warning("job runner %r was just replaced by a caller with other settings; using it", name)
     return runner

@@ -13,8 +13,8 @@ import numpy as np
 from pipeline.video_io import read_video
 
 ROOT = Path(__file__).resolve().parents[1]
-FLAGS = ["--prompt", "a fox", "--duration", "8", "--mode", "chain", "--segment-frames", "17", "--overlap", "4",
-         "--workers", "1"]
+# No --mode: one worker plans chain. The resume runs on two workers, which would plan bridge.
+FLAGS = ["--prompt", "a fox", "--duration", "8", "--segment-frames", "17", "--overlap", "4"]
 
 
 def _cli(env, *args, **kwargs):
@@ -27,7 +27,7 @@ def test_killed_render_resumes_with_only_missing_segments(ray_cluster, tiny_cach
     job_dir = tmp_path / "job1"
     segments = job_dir / "segments"
 
-    first = _cli(env, "--job-dir", str(job_dir))
+    first = _cli(env, "--job-dir", str(job_dir), "--workers", "1")
     deadline = time.monotonic() + 180
     while len(list(segments.glob("*.npy"))) < 2:
         assert first.poll() is None, first.communicate()[1][-3000:]
@@ -38,13 +38,13 @@ def test_killed_render_resumes_with_only_missing_segments(ray_cluster, tiny_cach
     kept = len(list(segments.glob("*.npy")))
     assert not (job_dir / "output.mp4").exists()
 
-    resumed = _cli(env, "--job-dir", str(job_dir), "--resume")
+    resumed = _cli(env, "--job-dir", str(job_dir), "--resume", "--workers", "2")
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-3000:]
     total = len(list(segments.glob("*.npy")))
-    assert f"rendered {total - kept} of {total} segments" in out
+    assert f"rendered {total - kept} of {total} segments" in out and "(chain, 2 worker(s))" in out
 
-    clean = _cli(env, "--out", str(tmp_path / "clean.mp4"))
+    clean = _cli(env, "--out", str(tmp_path / "clean.mp4"), "--workers", "1")
     out, err = clean.communicate(timeout=300)
     assert clean.returncode == 0, err[-3000:]
     np.testing.assert_array_equal(read_video(job_dir / "output.mp4")[0], read_video(tmp_path / "clean.mp4")[0])

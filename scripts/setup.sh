@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # Set up .venv for minutereel on a machine with only python3: the CPU build of torch first
 # (a bare `torch` requirement would pull a multi-GB CUDA build), then minutereel with its test
-# extra, then the embedded tiny checkpoints. Re-running is cheap: it skips pip while
-# pyproject.toml is unchanged.
+# extra at the versions in scripts/constraints.txt (so a fresh clone gets what was tested), then
+# the embedded tiny checkpoints. Re-running is cheap: it skips pip while pyproject.toml, this
+# script and the constraints are unchanged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 stamp=.venv/.minutereel-setup
-want=$(sha256sum pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+want=$(sha256sum pyproject.toml scripts/setup.sh scripts/constraints.txt | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet torch==2.13.0
-  .venv/bin/python -m pip install --quiet -e ".[test]"
+  .venv/bin/python -m pip install --quiet -c scripts/constraints.txt -e ".[test]"
   echo "$want" > "$stamp"
 fi
 .venv/bin/python -m pipeline.tiny > /dev/null

@@ -18,7 +18,7 @@ from orchestrator.plan import RenderPlan
 from orchestrator.planner import default_mode, plan_render
 from orchestrator.request import RenderRequest
 from orchestrator.scheduler import Dispatcher, PlanRun
-from pipeline.checkpoints import checkpoint_paths
+from pipeline.checkpoints import checkpoint_paths, weights_id
 from pipeline.presets import checkpoint_kind, load_preset
 from pipeline.seams import SeamReport
 from pipeline.stitch import OverlapStitcher
@@ -55,6 +55,7 @@ class RenderEngine:
     def __init__(self, config: EngineConfig):
         self.config = config
         self.preset = load_preset(config.model.preset)
+        self.weights = weights_id(self.preset, config.model.quantize)
         # Ranks started here load from this machine: find the checkpoints (building embedded ones once, not
         # raced by every rank) before Ray starts, so a missing one is one clear error. A remote cluster's
         # ranks look on their own nodes.
@@ -74,7 +75,8 @@ class RenderEngine:
         return request
 
     def plan(self, request: RenderRequest) -> RenderPlan:
-        return plan_render(self.resolve(request), self.preset)
+        """The planner's plan, stamped with the weights this engine renders it with."""
+        return plan_render(self.resolve(request), self.preset).model_copy(update={"weights": self.weights})
 
     def open_run(self, plan: RenderPlan, out: Path, job: Job | None = None,
                  on_progress: Callable[[JobProgress], None] = lambda progress: None,
@@ -104,6 +106,11 @@ class RenderEngine:
         if plan.preset != self.preset.name:
             raise ValueError(f"job {job.id} was planned for preset {plan.preset!r}, "
                              f"but this engine holds {self.preset.name!r}")
+        if plan.weights is None:  # saved before plans carried their weights: from now on they are these
+            return plan.model_copy(update={"weights": self.weights})
+        if plan.weights != self.weights:
+            raise ValueError(f"job {job.id} was rendered with {plan.weights}, but this engine loads {self.weights}; "
+                             "resume it with the same preset and --quantize, or use a new job directory")
         return plan
 
     def render(self, request: RenderRequest, out: Path, on_progress: Callable[[JobProgress], None] = lambda p: None,

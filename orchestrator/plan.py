@@ -65,6 +65,10 @@ class RenderPlan(BaseModel):
     guidance: float
     keyframes: list[KeyframeSpec]
     segments: list[SegmentSpec]
+    weights: str | None = Field(
+        None, description="Checkpoints and quantization of the engine that renders it (pipeline.checkpoints."
+                          "weights_id); set by the engine, not the planner. A job resumes only under the same."
+    )
 
     @property
     def waves(self) -> int:

@@ -68,6 +68,18 @@ def test_keyframes_land_on_their_planned_frames(engine, tmp_path, mode):
     assert max(_psnr(frames[i], job.load_frames("keyframes", k.index)) for i in away for k in keyframes) < 30
 
 
+def test_a_job_resumes_only_under_the_weights_it_was_rendered_with(engine, tmp_path):
+    request = RenderRequest(prompt="a fox", duration_s=1.0, mode="chain")
+    job = JobStore(tmp_path).create(request)
+    plan = engine.plan(request)
+    assert plan.weights.endswith("quantize=none") and "embedded://tiny/i2v@v" in plan.weights
+    job.save_plan(plan.model_copy(update={"weights": plan.weights.replace("quantize=none", "quantize=int8")}))
+    with pytest.raises(ValueError, match=r"rendered with .*quantize=int8, but this engine loads .*quantize=none"):
+        engine.job_plan(job, request)
+    job.save_plan(plan.model_copy(update={"weights": None}))  # saved before plans carried their weights
+    assert engine.job_plan(job, request) == plan
+
+
 def test_pool_loads_once_across_renders(engine, tmp_path):
     for name in ("a", "b"):
         engine.render(RenderRequest(prompt="a fox", duration_s=1.0, mode="chain"), tmp_path / f"{name}.mp4")

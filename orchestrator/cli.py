@@ -41,6 +41,7 @@ def _add_request_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, help="guidance scale (default: the preset's)")
     parser.add_argument("--workers", type=int, help="shard groups (default: as many as the cluster fits)")
     parser.add_argument("--sp-degree", type=int, default=1, help="ranks per group (sequence parallelism)")
+    parser.add_argument("--quantize", choices=["none", "int8"], default="none", help="weight quantization")
 
 
 def _add_stitch_flags(parser: argparse.ArgumentParser) -> None:
@@ -178,13 +179,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     from orchestrator.planner import default_mode, plan_render
-    from pipeline.presets import load_preset
+    from pipeline.presets import load_preset, weights_id
 
     request = _request(args)
     preset = load_preset(request.preset)
     if request.mode is None:
         request = request.model_copy(update={"mode": default_mode(preset, args.workers or os.cpu_count() or 1)})
-    plan = plan_render(request, preset)
+    plan = plan_render(request, preset).model_copy(update={"weights": weights_id(preset, args.quantize)})
     if args.json:
         print(plan.model_dump_json(indent=2))
     else:
@@ -250,7 +251,6 @@ def build_parser() -> argparse.ArgumentParser:
     render = commands.add_parser("render", help="render a video to an MP4")
     _add_request_flags(render)
     render.add_argument("--out", help="output file (.mp4, .mov, or .mkv); default DIR/output.mp4 with --job-dir")
-    render.add_argument("--quantize", choices=["none", "int8"], default="none", help="weight quantization")
     render.add_argument("--job-dir", help="save request, plan, state, keyframes and segments here")
     render.add_argument("--resume", action="store_true",
                         help="continue the job in --job-dir, rendering only what is missing")

@@ -18,8 +18,8 @@ from orchestrator.plan import RenderPlan
 from orchestrator.planner import default_mode, plan_render
 from orchestrator.request import RenderRequest
 from orchestrator.scheduler import Dispatcher, PlanRun
-from pipeline.checkpoints import checkpoint_paths, weights_id
-from pipeline.presets import checkpoint_kind, load_preset
+from pipeline.checkpoints import checkpoint_paths
+from pipeline.presets import checkpoint_kind, load_preset, weights_id
 from pipeline.seams import SeamReport
 from pipeline.stitch import OverlapStitcher
 from pipeline.video_io import VideoWriter

@@ -66,7 +66,7 @@ class RenderPlan(BaseModel):
     keyframes: list[KeyframeSpec]
     segments: list[SegmentSpec]
     weights: str | None = Field(
-        None, description="Checkpoints and quantization of the engine that renders it (pipeline.checkpoints."
+        None, description="Checkpoints and quantization of the engine that renders it (pipeline.presets."
                           "weights_id); set by the engine, not the planner. A job resumes only under the same."
     )
 

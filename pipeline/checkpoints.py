@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from pipeline.presets import Preset, checkpoint_kind, preset_path
-from pipeline.tiny import TINY_VERSION, resolve_embedded
+from pipeline.tiny import resolve_embedded
 
 logger = logging.getLogger(__name__)
 
@@ -51,15 +51,6 @@ def locate_checkpoint(model: str, cache_dir: Path) -> str:
             raise CheckpointUnavailable(f"{model}/{INDEX} does not exist: not a diffusers pipeline directory")
         return model
     return _hub_checkpoint(model)
-
-
-def weights_id(preset: Preset, quantize: str) -> str:
-    """What a render's frames depend on besides its plan: the checkpoints (an embedded one with the
-    version of the code that builds it) and the quantization. Frames made under two ids do not mix."""
-    def named(model: str) -> str:
-        return f"{model}@{TINY_VERSION}" if checkpoint_kind(model) == "embedded" else model
-
-    return f"i2v={named(preset.i2v_model)} t2i={named(preset.t2i_model)} quantize={quantize}"
 
 
 def checkpoint_paths(preset: Preset, cache_dir: Path) -> tuple[str, str]:

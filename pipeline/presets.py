@@ -17,7 +17,20 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 ContinuityMode = Literal["chain", "keyframes", "bridge"]
 
 EMBEDDED_PREFIX = "embedded://"
+# Version of the embedded checkpoints that pipeline/tiny.py builds (its cache folder is tiny-VERSION). Bump it
+# when that module's architecture or initialisation changes: old caches are then ignored, and jobs rendered
+# with them are not resumed with the new weights. Kept here, free of torch, so plans can name it.
+TINY_VERSION = "v2"
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def weights_id(preset: Preset, quantize: str) -> str:
+    """What a render's frames depend on besides its plan: the checkpoints (an embedded one with the
+    version of the code that builds it) and the quantization. Frames made under two ids do not mix."""
+    def named(model: str) -> str:
+        return f"{model}@{TINY_VERSION}" if checkpoint_kind(model) == "embedded" else model
+
+    return f"i2v={named(preset.i2v_model)} t2i={named(preset.t2i_model)} quantize={quantize}"
 
 
 def checkpoint_kind(model: str) -> Literal["embedded", "local", "hub"]:

@@ -1,5 +1,7 @@
 """End to end through Ray actors: plan -> shard groups -> stitcher -> ffmpeg -> decoded MP4."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +10,7 @@ import pytest
 from actors.config import ParallelConfig
 from orchestrator.config import EngineConfig
 from orchestrator.jobs import JobStore
+from orchestrator.plan import RenderPlan
 from orchestrator.request import RenderRequest
 from pipeline.config import ModelConfig
 from pipeline.video_io import read_video
@@ -73,6 +76,9 @@ def test_a_job_resumes_only_under_the_weights_it_was_rendered_with(engine, tmp_p
     job = JobStore(tmp_path).create(request)
     plan = engine.plan(request)
     assert plan.weights.endswith("quantize=none") and "embedded://tiny/i2v@v" in plan.weights
+    shown = subprocess.run([sys.executable, "-m", "orchestrator.cli", "plan", "--prompt", "a fox", "--duration", "1",
+                            "--mode", "chain", "--json"], capture_output=True, text=True, check=True).stdout
+    assert RenderPlan.model_validate_json(shown) == plan  # `minutereel plan --json` shows what render saves
     job.save_plan(plan.model_copy(update={"weights": plan.weights.replace("quantize=none", "quantize=int8")}))
     with pytest.raises(ValueError, match=r"rendered with .*quantize=int8, but this engine loads .*quantize=none"):
         engine.job_plan(job, request)

@@ -135,6 +135,7 @@ def _open_job(args: argparse.Namespace, request: RenderRequest):
     """The job directory named by --job-dir (new, or with --resume the one already there) and the
     request to render in it."""
     from orchestrator.jobs import JobStore
+    from pipeline.presets import load_preset, weights_id
 
     if not args.job_dir:
         if args.resume:
@@ -149,7 +150,9 @@ def _open_job(args: argparse.Namespace, request: RenderRequest):
     if not args.resume:
         raise ValueError(f"{folder} already holds a job; pass --resume to continue it, or choose a new --job-dir")
     job = store.open(folder.name)
-    return job, job.resume_request(request, "Resume it with the same flags, or choose a new --job-dir.")
+    request = job.resume_request(request, "Resume it with the same flags, or choose a new --job-dir.")
+    job.require_weights(weights_id(load_preset(request.preset), args.quantize))  # before any model loads
+    return job, request
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -97,7 +97,7 @@ class RenderEngine:
     def job_plan(self, job: Job, request: RenderRequest | None = None) -> RenderPlan:
         """The plan `job` renders: the one it saved, if any (its saved frames belong to that plan, even
         when this engine's worker count or planner would choose another), else a new one for `request`
-        (default: the job's own)."""
+        (default: the job's own). ValueError if the job was made for another request, preset or weights."""
         plan = job.plan()
         if plan is None:
             return self.plan(request or job.request())
@@ -106,11 +106,12 @@ class RenderEngine:
         if plan.preset != self.preset.name:
             raise ValueError(f"job {job.id} was planned for preset {plan.preset!r}, "
                              f"but this engine holds {self.preset.name!r}")
+        job.require_weights(self.weights)
         if plan.weights is None:  # saved before plans carried their weights: from now on they are these
-            return plan.model_copy(update={"weights": self.weights})
-        if plan.weights != self.weights:
-            raise ValueError(f"job {job.id} was rendered with {plan.weights}, but this engine loads {self.weights}; "
-                             "resume it with the same preset and --quantize, or use a new job directory")
+            if job.saved("keyframes") or job.saved("segments"):
+                logger.warning("job %s saved frames before plans named their weights; assuming %s", job.id,
+                               self.weights)
+            plan = plan.model_copy(update={"weights": self.weights})
         return plan
 
     def render(self, request: RenderRequest, out: Path, on_progress: Callable[[JobProgress], None] = lambda p: None,

@@ -26,11 +26,12 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 def weights_id(preset: Preset, quantize: str) -> str:
     """What a render's frames depend on besides its plan: the checkpoints (an embedded one with the
-    version of the code that builds it) and the quantization. Frames made under two ids do not mix."""
+    version of the code that builds it), their dtype and the quantization. Frames made under two ids
+    do not mix."""
     def named(model: str) -> str:
         return f"{model}@{TINY_VERSION}" if checkpoint_kind(model) == "embedded" else model
 
-    return f"i2v={named(preset.i2v_model)} t2i={named(preset.t2i_model)} quantize={quantize}"
+    return f"i2v={named(preset.i2v_model)} t2i={named(preset.t2i_model)} dtype={preset.dtype} quantize={quantize}"
 
 
 def checkpoint_kind(model: str) -> Literal["embedded", "local", "hub"]:

@@ -80,7 +80,7 @@ def test_a_job_resumes_only_under_the_weights_it_was_rendered_with(engine, tmp_p
                             "--mode", "chain", "--json"], capture_output=True, text=True, check=True).stdout
     assert RenderPlan.model_validate_json(shown) == plan  # `minutereel plan --json` shows what render saves
     job.save_plan(plan.model_copy(update={"weights": plan.weights.replace("quantize=none", "quantize=int8")}))
-    with pytest.raises(ValueError, match=r"rendered with .*quantize=int8, but this engine loads .*quantize=none"):
+    with pytest.raises(ValueError, match=r"rendered with .*quantize=int8, but .*quantize=none is loaded now"):
         engine.job_plan(job, request)
     job.save_plan(plan.model_copy(update={"weights": None}))  # saved before plans carried their weights
     assert engine.job_plan(job, request) == plan

@@ -7,7 +7,7 @@ from orchestrator.cli import main
 from orchestrator.jobs import JobStore
 from orchestrator.planner import plan_render
 from orchestrator.request import RenderRequest
-from pipeline.presets import load_preset
+from pipeline.presets import load_preset, weights_id
 
 TINY = load_preset("tiny")
 
@@ -54,6 +54,16 @@ def test_cli_resume_with_other_flags_names_the_flag_and_starts_nothing(tmp_path,
     assert code == 2
     err = capsys.readouterr().err
     assert "duration_s (8.0 here, 10.0 given)" in err and "--job-dir" in err and "Traceback" not in err
+
+
+def test_cli_resume_under_other_weights_is_refused_before_any_model_loads(tmp_path, capsys):
+    job = JobStore(tmp_path).create(RenderRequest(prompt="a fox", duration_s=8.0), job_id="kept")
+    planned = plan_render(RenderRequest(prompt="a fox", duration_s=8.0, mode="chain"), TINY)
+    job.save_plan(planned.model_copy(update={"weights": weights_id(TINY, "none")}))
+    flags = ["render", "--prompt", "a fox", "--duration", "8", "--job-dir", str(tmp_path / "kept"), "--resume"]
+    assert main([*flags, "--quantize", "int8"]) == 2
+    err = capsys.readouterr().err
+    assert "rendered with i2v=embedded://tiny/i2v@" in err and "quantize=int8 is loaded now" in err
 
 
 def test_batch_entry_that_changed_since_its_job_is_a_row_error(tmp_path):

@@ -113,7 +113,7 @@ def _render(args: argparse.Namespace) -> int:
         if job:
             job.update(state="rendering", error=None)
         try:
-            result = engine.render(request, out, on_progress=show, job=job)
+            result = engine.render(request, out, on_progress=show, job=job, plan=plan)
         except BaseException as err:
             if job:
                 job.update(state="failed", error=f"{type(err).__name__}: {err}")
@@ -151,7 +151,9 @@ def _open_job(args: argparse.Namespace, request: RenderRequest):
         raise ValueError(f"{folder} already holds a job; pass --resume to continue it, or choose a new --job-dir")
     job = store.open(folder.name)
     request = job.resume_request(request, "Resume it with the same flags, or choose a new --job-dir.")
-    job.require_weights(weights_id(load_preset(request.preset), args.quantize))  # before any model loads
+    saved = job.plan()
+    if saved is not None:  # refused before any model loads
+        saved.require_weights(weights_id(load_preset(request.preset), args.quantize), job.id)
     return job, request
 
 

@@ -106,7 +106,7 @@ class RenderEngine:
         if plan.preset != self.preset.name:
             raise ValueError(f"job {job.id} was planned for preset {plan.preset!r}, "
                              f"but this engine holds {self.preset.name!r}")
-        job.require_weights(self.weights)
+        plan.require_weights(self.weights, job.id)
         if plan.weights is None:  # saved before plans carried their weights: from now on they are these
             if job.saved("keyframes") or job.saved("segments"):
                 logger.warning("job %s saved frames before plans named their weights; assuming %s", job.id,
@@ -115,14 +115,14 @@ class RenderEngine:
         return plan
 
     def render(self, request: RenderRequest, out: Path, on_progress: Callable[[JobProgress], None] = lambda p: None,
-               job: Job | None = None) -> RenderResult:
+               job: Job | None = None, plan: RenderPlan | None = None) -> RenderResult:
         """Render `request` to the video file at `out` on this thread; with `job`, save every keyframe
-        and segment there and render only what the job does not hold yet."""
+        and segment there and render only what the job does not hold yet. `plan`: what `job_plan` (or
+        `plan`) already gave the caller for this request and job, not made again."""
         started = time.perf_counter()
-        if job is None:
-            plan = self.plan(request)
-        else:
-            plan = self.job_plan(job, request)
+        if plan is None:
+            plan = self.plan(request) if job is None else self.job_plan(job, request)
+        if job is not None:
             job.save_plan(plan)
         run = self.open_run(plan, out, job, on_progress)
         progress = self.dispatcher.drive(run)

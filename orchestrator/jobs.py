@@ -103,14 +103,6 @@ class Job:
             raise ValueError(f"{self.dir} holds a job for a different request: {'; '.join(changed)}. {fix}")
         return request
 
-    def require_weights(self, weights: str) -> None:
-        """ValueError if this job's frames were rendered with other weights than `weights`
-        (pipeline.presets.weights_id): the two would not mix into one video."""
-        plan = self.plan()
-        if plan is not None and plan.weights is not None and plan.weights != weights:
-            raise ValueError(f"job {self.id} was rendered with {plan.weights}, but {weights} is loaded now; "
-                             "resume it with the same preset and --quantize, or use a new job directory")
-
     def plan(self) -> RenderPlan | None:
         path = self.dir / "plan.json"
         return RenderPlan.model_validate_json(path.read_text()) if path.exists() else None

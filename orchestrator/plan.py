@@ -70,6 +70,13 @@ class RenderPlan(BaseModel):
                           "weights_id); set by the engine, not the planner. A job resumes only under the same."
     )
 
+    def require_weights(self, weights: str, job_id: str) -> None:
+        """ValueError if job `job_id`'s frames, rendered under this plan, came from other weights than
+        `weights` (pipeline.presets.weights_id): the two would not mix into one video."""
+        if self.weights is not None and self.weights != weights:
+            raise ValueError(f"job {job_id} was rendered with {self.weights}, but {weights} is loaded now; "
+                             "resume it with the same preset and --quantize, or use a new job directory")
+
     @property
     def waves(self) -> int:
         return 1 + max(s.wave for s in self.segments)

@@ -1,26 +1,30 @@
-"""The embedded `tiny` checkpoints: real Wan-family diffusers/transformers classes, seeded weights.
+"""The embedded `tiny` checkpoints: real Wan-family diffusers/transformers classes, trained in this repository.
 
-`ensure_tiny_checkpoints` builds them once, saves them with `save_pretrained` into the cache
-directory and returns the paths; everything else loads them with `from_pretrained`, exactly as it
-would load a hub checkpoint.
+The weights ship in `pipeline/tiny_weights/{i2v,t2i}` (a `save_pretrained` layout, made by
+`python -m pipeline.train_tiny`); `ensure_tiny_checkpoints` copies them into the cache directory and
+everything loads them with `from_pretrained`, exactly as it would load a hub checkpoint. The model
+knows the procedural world of `pipeline/world.py`: coloured balls, squares and triangles moving
+left, right, up or down over flat coloured backgrounds, from prompts in that world's vocabulary.
 
-The transformers and the text encoder are random (seeded). The VAE is not: a random Wan VAE
-decodes to flat grey and its encoder does not invert its decoder, so no frame could ever look like
-the keyframe that conditioned it. `_vae` sets the weights of a real `AutoencoderKLWan` by hand so
-that it is a (numerically) linear autoencoder: each latent position decodes to one tinted grey
-8x8 block (the mean of the 16 normalised latent channels), the four frames of a latent chunk
-blend from the previous latent frame into this one and end on it, and the encoder reads the block
-back from the last frame of each chunk. Frames then change with every latent, which lets tests see
-a dropped, reordered or wrongly blended frame, and encode -> decode returns a decoded frame to
-within uint8 rounding, which lets tests see whether a keyframe landed where the plan put it.
+The VAE is not trained: `_vae` sets the weights of a real residual (Wan 2.2-style) `AutoencoderKLWan`
+by hand so that it is a linear autoencoder of 32x32 "thumbnails". A latent frame is the 4x4-pixel
+means of one video frame, 3 channels (RGB in [-1, 1]); the encoder keeps the last frame of each
+4-frame chunk, and the decoder draws each latent cell as a 4x4 block and blends the four frames of a
+chunk from the previous latent frame into this one (prev weights 5/8, 1/2, 1/4, 0), so motion is
+smooth and encode(decode(z)) == z. Training therefore renders latents straight from the world
+(`world.thumbnails`) and never runs the VAE.
 
-The I2V pipeline is laid out like Wan 2.2 I2V: no CLIP image encoder; the first (and optional
-last) frame condition the video through the VAE-encoded condition latents and mask channels, so
-one transformer renders both first-frame and first-last-frame segments.
+The transformers predict the clean latent (x0, `prediction_type="sample"`), sampled by DPM-Solver++
+on flow sigmas (4 steps: 1, .75, .5, .25, no CFG for the I2V). The I2V is laid out like Wan 2.2 I2V:
+no CLIP image encoder; the first (and optional last) frame condition the video through the VAE-encoded
+condition latents and mask channels, so one transformer renders both first-frame and first-last-frame
+segments. Its temporal patch of 3 latent frames makes valid lengths 12k + 9 frames. The T2I draws a
+keyframe's objects at the fixed `world.KEYFRAME_PLACES` (see `pipeline.train_tiny`).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import shutil
@@ -29,106 +33,98 @@ from pathlib import Path
 
 import torch
 
-from pipeline.presets import TINY_VERSION  # bump it there when the architecture or initialisation below changes
+from pipeline.presets import TINY_VERSION  # bump it there when the weights or the architecture below change
 
 logger = logging.getLogger(__name__)
 
-SEED = 20250211
-VAE_GAIN = 1.5      # pixel contrast (in [-1, 1]) per unit of the mean normalised latent
-VAE_TINT = (1.0, 0.85, 0.7)
-VAE_CONSTANT = 1000.0
-CROSS_ATTENTION_GAIN = 10.0
-TEXT_DIM = 32
+SEED = 20251201
+WEIGHTS = Path(__file__).resolve().parent / "tiny_weights"
+Z_DIM = 3                 # latent channels: RGB of a 4x4-pixel cell
+ENCODER_DIM = 4           # constant + RGB
+DECODER_DIM = 7           # constant + current RGB + previous latent frame's RGB
+CURRENT, PREVIOUS = 1, 4  # first channel of each RGB triple in the decoder
+CONSTANT = 1e4            # the channel that keeps every RMS norm linear (see _vae)
+CHUNK_BLEND = (0.5, 0.25)  # share of the previous latent frame each frame-doubling block blends into its first frame
+TEXT_DIM = 64
+MAX_SEQUENCE_LENGTH = 64  # ByT5 bytes; training and both pipelines pad prompts to this
 
 
-def _centre(conv, out_channel: int, in_channel: int, value: float) -> None:
-    """Set the weight of a convolution's centre pixel (current frame, for a causal one) for one channel pair."""
+def _tap(conv, out_channel: int, in_channel: int, value: float, frame: int | None = None) -> None:
+    """Set one convolution weight at the kernel's spatial centre, for the newest frame of a causal one (or
+    `frame` steps into its kernel)."""
     from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
     kernel = conv.weight.shape[2:]
     causal = isinstance(conv, WanCausalConv3d)
-    tap = tuple(size - 1 if causal and axis == 0 else size // 2 for axis, size in enumerate(kernel))
+    tap = [size - 1 if causal and axis == 0 else size // 2 for axis, size in enumerate(kernel)]
+    if frame is not None:
+        tap[0] = frame
     conv.weight[(out_channel, in_channel, *tap)] = value
 
 
 def _vae():
-    """A Wan VAE whose weights make it a linear autoencoder of tinted grey 8x8 blocks (see the module docstring).
+    """A residual Wan VAE whose weights make it a linear thumbnail autoencoder (see the module docstring).
 
-    Residual and attention branches are zeroed, so only the main path's convolutions act. Every RMS norm
-    on that path normalises a constant channel of size `VAE_CONSTANT` next to the value channel, which
-    keeps it linear to within (value / VAE_CONSTANT)^2; the SiLU after it sees values near zero, where
-    its slope is 1/2.
+    Every convolution is zero but those set here, so each residual block is its identity shortcut and each
+    down/up block its parameter-free `AvgDown3D`/`DupUp3D` shortcut (2x2 mean, nearest 2x) plus what its
+    resampler adds. Encoder: a down block's resampler adds (newest - older)/2 of each frame pair, so time
+    downsampling keeps the last frame of a chunk instead of the mean. Decoder: `conv_in` also reads the
+    previous latent frame (its causal cache), and a frame-doubling resampler moves its first frame towards
+    it. The RMS norm before each `conv_out` sees a channel held at `CONSTANT`, so it scales the others by
+    sqrt(dim) / CONSTANT, and the SiLU after it has slope 1/2 there: linear to about 1e-4.
+    `num_res_blocks=-1` leaves the decoder's up blocks without residual blocks, which a linear decoder does
+    not need and which would otherwise run 3x3x3 convolutions at full resolution.
     """
     from diffusers import AutoencoderKLWan
-    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, WanResample, WanResidualBlock
 
     vae = AutoencoderKLWan(
-        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+        base_dim=ENCODER_DIM, decoder_base_dim=DECODER_DIM, z_dim=Z_DIM, dim_mult=[1, 1, 1], num_res_blocks=-1,
+        temperal_downsample=[True, True], is_residual=True, latents_mean=[0.0] * Z_DIM, latents_std=[1.0] * Z_DIM,
+        scale_factor_spatial=4, scale_factor_temporal=4,
     )
-    mean, std = vae.config.latents_mean, vae.config.latents_std
-    tint = torch.tensor(VAE_TINT)
-    head = 3**0.5 / VAE_CONSTANT * 0.5  # value -> norm -> SiLU, for small values
     with torch.no_grad():
         for param in vae.parameters():
             param.zero_()
         for module in vae.modules():
             if hasattr(module, "gamma"):
                 module.gamma.fill_(1.0)
-            # A shortcut that widens 1 channel to 3 carries the value into channel 1 and the constant into 0.
-            if isinstance(module, WanResidualBlock) and isinstance(module.conv_shortcut, WanCausalConv3d):
-                _centre(module.conv_shortcut, 1, 0, 1.0)
-                module.conv_shortcut.bias[0] = VAE_CONSTANT
-        for channel in range(16):
-            vae.post_quant_conv.weight[channel, channel] = 1.0
-        for channel in range(32):
+        for channel in range(2 * Z_DIM):
             vae.quant_conv.weight[channel, channel] = 1.0
+        for channel in range(Z_DIM):
+            vae.post_quant_conv.weight[channel, channel] = 1.0
 
-        # Encoder: channel 0 = the pixel's projection on the tint, channel 1 = the constant; each downsample
-        # averages 2x2 pixels and keeps the newest frame of each pair.
         encoder = vae.encoder
+        encoder.conv_in.bias[0] = CONSTANT
         for rgb in range(3):
-            _centre(encoder.conv_in, 0, rgb, float(tint[rgb] / (tint @ tint)))
+            _tap(encoder.conv_in, 1 + rgb, rgb, 1.0)
         for block in encoder.down_blocks:
-            if isinstance(block, WanResample):
-                block.resample[1].weight[0, 0, :2, :2] = 0.25
-                block.resample[1].bias[1] = VAE_CONSTANT
-                if hasattr(block, "time_conv"):
-                    _centre(block.time_conv, 0, 0, 1.0)
-                    block.time_conv.bias[1] = VAE_CONSTANT
-        for channel in range(16):  # every normalised latent channel = value / VAE_GAIN
-            _centre(encoder.conv_out, channel, 0, float(std[channel] / (VAE_GAIN * head)))
-            encoder.conv_out.bias[channel] = float(mean[channel])
-
-        # Decoder: value = VAE_GAIN * mean of the 16 normalised latent channels in channel 1, the previous
-        # frame's value in channel 2, the constant in 0. Each temporal upsample turns a frame into
-        # (3 previous + 5 current) / 8 and current. The previous frame comes from a causal convolution's
-        # cache (conv_in's at latent rate, a residual branch's at twice that), not from the upsample's own
-        # time convolution, which sees zero padding instead of frame 0 in the first chunk after it.
-        decoder = vae.decoder
-        offset = -float(sum(VAE_GAIN * m / (16 * s) for m, s in zip(mean, std, strict=True)))
-        for channel in range(16):
-            _centre(decoder.conv_in, 1, channel, float(VAE_GAIN / (16 * std[channel])))
-            decoder.conv_in.weight[2, channel, 1, 1, 1] = float(VAE_GAIN / (16 * std[channel]))  # tap t-1
-        decoder.conv_in.bias[0], decoder.conv_in.bias[1], decoder.conv_in.bias[2] = VAE_CONSTANT, offset, offset
-        # The second frame-doubling block's residual branch copies the previous frame's value into channel 2:
-        # norm (x sqrt(3) / VAE_CONSTANT), SiLU (x 1/2) and back, twice.
-        relay = decoder.up_blocks[1].resnets[1]
-        gain = 2 * VAE_CONSTANT / 3**0.5
-        relay.conv1.weight[2, 1, 1, 1, 1] = gain  # tap t-1
-        relay.conv1.bias[0] = VAE_CONSTANT
-        _centre(relay.conv2, 2, 2, gain)
-        for block in decoder.up_blocks:
-            if block.upsamplers is None:
+            if block.downsampler is None:
                 continue
-            upsample = block.upsamplers[0]
-            _centre(upsample.resample[1], 0, 1, 1.0)
-            if hasattr(upsample, "time_conv"):  # output channels: frame A 0..2, frame B 3..5
-                _centre(upsample.time_conv, 1, 2, 3 / 8)
-                _centre(upsample.time_conv, 1, 1, 5 / 8)
-                _centre(upsample.time_conv, 4, 1, 1.0)
-                upsample.time_conv.bias[0] = upsample.time_conv.bias[3] = VAE_CONSTANT
+            for channel in range(ENCODER_DIM):
+                # Half a 2x2 mean: the first chunk's one frame gets the other half from the shortcut, whose
+                # time mean pads it with a zero frame; later frame pairs get (newest - older) / 2 from time_conv.
+                block.downsampler.resample[1].weight[channel, channel, :2, :2] = 0.125
+                block.downsampler.time_conv.weight[channel, channel, 1, 0, 0] = -1.0
+                block.downsampler.time_conv.weight[channel, channel, 2, 0, 0] = 1.0
+        for rgb in range(Z_DIM):  # mean (mu) channels; log-variance stays zero
+            _tap(encoder.conv_out, rgb, 1 + rgb, 2 * CONSTANT / ENCODER_DIM**0.5)
+
+        decoder = vae.decoder
+        decoder.conv_in.bias[0] = CONSTANT
+        for rgb in range(Z_DIM):
+            _tap(decoder.conv_in, CURRENT + rgb, rgb, 1.0)
+            _tap(decoder.conv_in, PREVIOUS + rgb, rgb, 1.0, frame=1)
+        doubling = [block.upsampler for block in decoder.up_blocks if block.upsampler is not None]
+        for upsample, share in zip(doubling, CHUNK_BLEND, strict=True):
+            for rgb in range(3):
+                # time_conv writes share * (previous - current) into the first new frame's PREVIOUS slots (the
+                # second gets nothing); the spatial conv adds those slots to CURRENT. In the first chunk
+                # time_conv does not run and PREVIOUS is zero (no earlier frame), so nothing is added.
+                _tap(upsample.time_conv, PREVIOUS + rgb, PREVIOUS + rgb, share)
+                _tap(upsample.time_conv, PREVIOUS + rgb, CURRENT + rgb, -share)
+                _tap(upsample.resample[1], CURRENT + rgb, PREVIOUS + rgb, 1.0)
         for rgb in range(3):
-            _centre(decoder.conv_out, rgb, 1, float(tint[rgb] / head))
+            _tap(decoder.conv_out, rgb, CURRENT + rgb, 2 * CONSTANT / DECODER_DIM**0.5)
     return vae
 
 
@@ -136,46 +132,50 @@ def _text_encoder():
     from transformers import UMT5Config, UMT5EncoderModel
 
     config = UMT5Config(
-        vocab_size=384, d_model=TEXT_DIM, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, dropout_rate=0.0,
+        vocab_size=384, d_model=TEXT_DIM, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=32, relative_attention_max_distance=64, dropout_rate=0.0,
     )
     return UMT5EncoderModel(config)
 
 
-def _transformer(in_channels: int):
+def _transformer(in_channels: int, patch_size: tuple[int, int, int], num_layers: int):
     from diffusers import WanTransformer3DModel
 
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=in_channels,
-        out_channels=16, text_dim=TEXT_DIM, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", rope_max_seq_len=1024,
+    return WanTransformer3DModel(
+        patch_size=patch_size, num_attention_heads=4, attention_head_dim=32, in_channels=in_channels,
+        out_channels=Z_DIM, text_dim=TEXT_DIM, freq_dim=256, ffn_dim=512, num_layers=num_layers,
+        cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=1024,
     )
-    # Random cross-attention averages a prompt's few tokens with the zero padding up to max_sequence_length,
-    # so the prompt would barely move the picture; a larger output projection makes it visible.
-    with torch.no_grad():
-        for block in transformer.blocks:
-            block.attn2.to_out[0].weight.mul_(CROSS_ATTENTION_GAIN)
-    return transformer
+
+
+def scheduler():
+    """DPM-Solver++ on flow sigmas for an x0-predicting model: 4 steps are sigmas 1, .75, .5, .25."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    return DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="sample", flow_shift=1.0)
 
 
 def build_tiny_pipelines():
-    """Build the tiny I2V and T2I pipelines in memory from fixed seeds (no files, no network)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline, WanPipeline
+    """The tiny I2V and T2I pipelines in memory, untrained (seeded), with the hand-set VAE: what
+    `pipeline.train_tiny` starts from."""
+    from diffusers import WanImageToVideoPipeline, WanPipeline
     from transformers import ByT5Tokenizer
 
     torch.manual_seed(SEED)
     vae, text_encoder = _vae(), _text_encoder()
-    # I2V input: 16 noisy latent channels + 4 mask channels + 16 condition-latent channels.
-    i2v_transformer = _transformer(in_channels=36)
-    t2i_transformer = _transformer(in_channels=16)
+    # I2V input: Z_DIM noisy latent channels + 4 mask channels + Z_DIM condition-latent channels. A token is
+    # 3 latent frames (12 video frames) of 8x8 latent cells (32x32 pixels): 112 tokens for 81 frames.
+    i2v_transformer = _transformer(2 * Z_DIM + 4, patch_size=(3, 8, 8), num_layers=6)
+    t2i_transformer = _transformer(Z_DIM, patch_size=(1, 4, 4), num_layers=4)
     tokenizer = ByT5Tokenizer()
-    shared = dict(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae)
-    i2v = WanImageToVideoPipeline(
-        **shared, transformer=i2v_transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0)
-    )
-    for module in (vae, text_encoder, i2v_transformer, t2i_transformer):
+    i2v = WanImageToVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
+                                  transformer=i2v_transformer, scheduler=scheduler())
+    # The T2I starts from the same text encoder and ends with its own: see pipeline.train_tiny.
+    keyframe_text = copy.deepcopy(text_encoder)
+    t2i = WanPipeline(tokenizer=tokenizer, text_encoder=keyframe_text, vae=vae, transformer=t2i_transformer,
+                      scheduler=scheduler())
+    for module in (vae, text_encoder, keyframe_text, i2v_transformer, t2i_transformer):
         module.eval()
-    t2i = WanPipeline(**shared, transformer=t2i_transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0))
     return i2v, t2i
 
 
@@ -183,21 +183,23 @@ def tiny_checkpoint_dir(cache_dir: Path) -> Path:
     return Path(cache_dir) / f"tiny-{TINY_VERSION}"
 
 
-def ensure_tiny_checkpoints(cache_dir: Path) -> Path:
-    """Return the directory holding `i2v/` and `t2i/`, building and saving them if absent.
+def ensure_tiny_checkpoints(cache_dir: Path, weights: Path = WEIGHTS) -> Path:
+    """Return the cache directory holding `i2v/` and `t2i/`, copying the shipped weights there if absent.
 
-    Saved into a temporary sibling and renamed, so concurrent callers never see half a checkpoint.
+    Copied into a temporary sibling and renamed, so concurrent callers never see half a checkpoint.
     """
     target = tiny_checkpoint_dir(cache_dir)
     if (target / "i2v" / "model_index.json").exists():
         return target
+    if not (weights / "i2v" / "model_index.json").exists():
+        raise RuntimeError(f"the embedded tiny weights are missing from {weights}; "
+                           "train them with `python -m pipeline.train_tiny` (see README)")
     target.parent.mkdir(parents=True, exist_ok=True)
-    logger.info("building the embedded tiny checkpoints in %s", target)
+    logger.info("copying the embedded tiny checkpoints to %s", target)
     staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
-        i2v, t2i = build_tiny_pipelines()
-        i2v.save_pretrained(staging / "i2v")
-        t2i.save_pretrained(staging / "t2i")
+        for component in ("i2v", "t2i"):
+            shutil.copytree(weights / component, staging / component)
         os.replace(staging, target)
     except OSError:
         if not (target / "i2v" / "model_index.json").exists():
@@ -208,7 +210,7 @@ def ensure_tiny_checkpoints(cache_dir: Path) -> Path:
 
 
 def resolve_embedded(model: str, cache_dir: Path) -> Path:
-    """Map `embedded://tiny/i2v` to its saved directory, building the checkpoints if needed."""
+    """Map `embedded://tiny/i2v` to its directory in the cache, copying the shipped checkpoints if needed."""
     name, _, component = model.removeprefix("embedded://").partition("/")
     if name != "tiny" or component not in ("i2v", "t2i"):
         raise ValueError(f"unknown embedded checkpoint {model!r}; known: embedded://tiny/i2v, embedded://tiny/t2i")
@@ -220,6 +222,6 @@ if __name__ == "__main__":
 
     from pipeline.config import default_cache_dir
 
-    parser = argparse.ArgumentParser(description="Build and save the embedded tiny checkpoints.")
+    parser = argparse.ArgumentParser(description="Copy the shipped tiny checkpoints into the cache.")
     parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
     print(ensure_tiny_checkpoints(parser.parse_args().cache_dir))

@@ -30,8 +30,8 @@ from pipeline.config import ModelConfig, SequenceParallelConfig, default_cache_d
 from pipeline.parallel import probe_transformer
 from pipeline.tiny import ensure_tiny_checkpoints
 
-# 81 frames -> (81 - 1) / 4 + 1 = 21 latent frames; pixels / 8 latent pixels per side.
-LATENTS = ((21, 16, 16), (21, 32, 32), (21, 64, 64))
+# 81 frames -> (81 - 1) / 4 + 1 = 21 latent frames; pixels / 4 latent pixels per side (the tiny VAE).
+LATENTS = ((21, 32, 32), (21, 64, 64), (21, 128, 128))
 REPEATS = 4
 
 
@@ -63,12 +63,13 @@ def predicted_bytes_sent(transformer_config: dict, latent: tuple[int, int, int],
     q, k, v and o (keeping 1/P of each; cross-attention keys come from the unsharded text), and the
     output sequence is all-gathered once (each rank sends its shard to the P - 1 others)."""
     frames, height, width = latent
-    tokens = frames * (height // 2) * (width // 2)
+    patch_t, patch_h, patch_w = transformer_config["patch_size"]
+    tokens = frames // patch_t * (height // patch_h) * (width // patch_w)
     hidden = transformer_config["num_attention_heads"] * transformer_config["attention_head_dim"]
     shard = tokens // degree * hidden * 4
     per_layer = 4 * shard * (degree - 1) / degree
     attention_layers = transformer_config["num_layers"]  # self-attention only: text keys are not sharded
-    out_channels = transformer_config["out_channels"] * 4  # patch (1, 2, 2)
+    out_channels = transformer_config["out_channels"] * patch_t * patch_h * patch_w
     gather = tokens // degree * out_channels * 4 * (degree - 1)
     return {"tokens": tokens, "all_to_all": per_layer * attention_layers, "all_gather": gather,
             "total": per_layer * attention_layers + gather}

@@ -236,6 +236,8 @@ def _presets(args: argparse.Namespace) -> int:
         print(f"  modes {', '.join(p.modes)}; {p.native_fps} fps native; frames % {p.frame_modulus} == "
               f"{p.frame_remainder}, at most {p.max_frames}; sizes {sizes}; {p.steps} steps, guidance {p.guidance}; "
               f"SP backend {p.sp_backend}")
+        if p.vocabulary:
+            print(f"  knows only these words (others are ignored): {' '.join(p.vocabulary)}")
         print(f"  GPU memory per rank for one {p.max_frames}-frame {p.default_width}x{p.default_height} segment "
               f"(weights + activations) at SP degree " + " / ".join(map(str, SP_DEGREES)) + ":")
         for quantize, label in (("none", p.dtype), ("int8", "int8")):

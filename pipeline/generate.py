@@ -170,6 +170,8 @@ class SegmentGenerator:
 
         # Only first-last-frame pipelines take `last_image` (HunyuanVideo's I2V does not).
         conditions = {"last_image": Image.fromarray(request.last)} if request.last is not None else {}
+        if self.preset.max_sequence_length is not None:
+            conditions["max_sequence_length"] = self.preset.max_sequence_length
         out = self.i2v(
             image=Image.fromarray(request.first), **conditions, prompt=request.prompt,
             height=request.height, width=request.width, num_frames=request.num_frames,

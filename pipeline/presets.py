@@ -20,7 +20,7 @@ EMBEDDED_PREFIX = "embedded://"
 # Version of the embedded checkpoints that pipeline/tiny.py builds (its cache folder is tiny-VERSION). Bump it
 # when that module's architecture or initialisation changes: old caches are then ignored, and jobs rendered
 # with them are not resumed with the new weights. Kept here, free of torch, so plans can name it.
-TINY_VERSION = "v2"
+TINY_VERSION = "v3"
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -82,6 +82,9 @@ class Preset(BaseModel):
     t2i_guidance: float | None = Field(
         None, ge=0.0, description="Keyframe guidance scale; None: the I2V's (a T2I model of the same family)."
     )
+    max_sequence_length: int | None = Field(
+        None, ge=1, description="Prompt tokens the I2V model reads; None: its pipeline's default."
+    )
     t2i_max_sequence_length: int | None = Field(
         None, ge=1, description="Prompt tokens the T2I model reads; None: its pipeline's default."
     )
@@ -103,12 +106,15 @@ class Preset(BaseModel):
         False,
         description="Replace the conditioned latent frames with the encoded first/last image after every "
         "denoising step (as Wan 2.2 TI2V does for its first frame), so the decoded frames are the conditions. "
-        "For a model that does not honour its conditioning by itself (the untrained tiny one); trained I2V "
-        "models learned to, and leave this off.",
+        "For a model that honours its conditioning only approximately (the tiny one, whose keyframes must "
+        "land exactly for the tests); large trained I2V models leave this off.",
     )
     quantize_components: tuple[str, ...] = Field((), description="I2V pipeline components int8 quantizes.")
     t2i_quantize_components: tuple[str, ...] = Field(
         (), description="T2I pipeline components int8 quantizes (borrowed ones are quantized with the I2V's)."
+    )
+    vocabulary: tuple[str, ...] = Field(
+        (), description="The only prompt words the model knows (others are ignored); empty: an open vocabulary."
     )
     sp_backend: Literal["diffusers", "xfuser"] = Field("diffusers", description="Sequence-parallel backend.")
     size: ModelSize = Field(description="Parameter counts and transformer widths, for `minutereel presets`.")

@@ -23,7 +23,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory):
-    """A cache directory holding freshly built tiny checkpoints."""
+    """A cache directory holding a fresh copy of the shipped tiny checkpoints."""
     from pipeline.tiny import ensure_tiny_checkpoints
 
     cache = tmp_path_factory.mktemp("minutereel-cache")

@@ -61,7 +61,7 @@ def test_restarted_runner_resumes_unfinished_jobs(ray_cluster, tiny_cache, tmp_p
     from pipeline.video_io import read_video
 
     config = EngineConfig(model=ModelConfig(cache_dir=tiny_cache), parallel=ParallelConfig(workers=2))
-    request = RenderRequest(prompt="a fox", duration_s=8.0, mode="bridge", segment_frames=17, overlap_frames=4)
+    request = RenderRequest(prompt="a fox", duration_s=8.0, mode="bridge", segment_frames=21, overlap_frames=4)
     runner = JobRunner(config, str(tmp_path / "jobs"), max_active_jobs=2)
     try:
         job_id = runner.submit(request)

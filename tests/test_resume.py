@@ -14,7 +14,7 @@ from pipeline.video_io import read_video
 
 ROOT = Path(__file__).resolve().parents[1]
 # No --mode: one worker plans chain. The resume runs on two workers, which would plan bridge.
-FLAGS = ["--prompt", "a fox", "--duration", "8", "--segment-frames", "17", "--overlap", "4"]
+FLAGS = ["--prompt", "a fox", "--duration", "8", "--segment-frames", "21", "--overlap", "4"]
 
 
 def _cli(env, *args, **kwargs):

@@ -96,8 +96,8 @@ def test_submit_watch_events_and_download(api):
 
 def test_two_jobs_share_the_pool(api):
     client, _ = api
-    a = _submit(client, duration_s=6.0, segment_frames=17, overlap_frames=4, seed=1)
-    b = _submit(client, duration_s=6.0, segment_frames=17, overlap_frames=4, seed=2)
+    a = _submit(client, duration_s=6.0, segment_frames=21, overlap_frames=4, seed=1)
+    b = _submit(client, duration_s=6.0, segment_frames=21, overlap_frames=4, seed=2)
     first_done = {}
 
     def one_done():

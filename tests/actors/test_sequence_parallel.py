@@ -20,7 +20,7 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def _probe(rank, seed):
-    return probe_transformer(rank.generator.i2v.transformer, seed, latent_frames=5, latent_height=8, latent_width=8)
+    return probe_transformer(rank.generator.i2v.transformer, seed, latent_frames=6, latent_height=32, latent_width=32)
 
 
 def _group(cache, degree, attention="ulysses"):

@@ -14,29 +14,35 @@ from orchestrator.request import RenderRequest, load_storyboard
 from pipeline.presets import load_preset
 
 TINY = load_preset("tiny")
+# Wan's frame rule (4k + 1 frames) and 16-pixel multiple, which every real preset has; the tiny preset's own
+# rule (12k + 9, its temporal patch of 3) gets a property run of its own below.
+WAN_RULE = TINY.model_copy(update={"frame_modulus": 4, "frame_remainder": 1, "spatial_multiple": 16})
 
 
-def _plan(**fields):
-    return plan_render(RenderRequest(**{"prompt": "a fox", **fields}), TINY)
+def _plan(preset=WAN_RULE, **fields):
+    return plan_render(RenderRequest(**{"prompt": "a fox", **fields}), preset)
 
 
 @settings(max_examples=150, deadline=None)
 @given(
     duration=st.floats(0.2, 120.0), fps=st.integers(8, 30), overlap=st.integers(1, 16),
-    mode=st.sampled_from(["chain", "keyframes", "bridge"]), max_len=st.sampled_from([33, 49, 81]),
+    mode=st.sampled_from(["chain", "keyframes", "bridge"]),
+    rule=st.sampled_from([(WAN_RULE, 33), (WAN_RULE, 49), (WAN_RULE, 81), (TINY, 33), (TINY, 45), (TINY, 81)]),
 )
-def test_plan_covers_every_frame_with_valid_segments(duration, fps, overlap, mode, max_len):
+def test_plan_covers_every_frame_with_valid_segments(duration, fps, overlap, mode, rule):
+    preset, max_len = rule
+    fields = dict(duration_s=duration, fps=fps, overlap_frames=overlap, mode=mode, segment_frames=max_len)
     if mode != "keyframes" and overlap * 4 >= max_len:
         with pytest.raises(ValueError, match="under a quarter of segment_frames"):
-            _plan(duration_s=duration, fps=fps, overlap_frames=overlap, mode=mode, segment_frames=max_len)
+            _plan(preset, **fields)
         return
-    plan = _plan(duration_s=duration, fps=fps, overlap_frames=overlap, mode=mode, segment_frames=max_len)
+    plan = _plan(preset, **fields)
     segments = plan.segments
     assert plan.total_frames == round(duration * fps)
     assert segments[0].start_frame == 0 and segments[0].overlap_prev == 0 and segments[-1].overlap_next == 0
-    assert 0 <= segments[-1].end_frame - plan.total_frames < TINY.frame_modulus
+    assert 0 <= segments[-1].end_frame - plan.total_frames < preset.frame_modulus
     for s in segments:
-        assert s.num_frames % 4 == 1 and s.num_frames <= max_len
+        assert preset.is_valid_length(s.num_frames) and s.num_frames <= max_len
     for left, right in zip(segments, segments[1:], strict=False):
         shared = left.end_frame - right.start_frame
         assert shared == left.overlap_next == right.overlap_prev
@@ -94,8 +100,8 @@ def test_seeds_derive_from_request_seed_kind_and_index():
 
 
 def test_default_mode_follows_workers():
-    assert default_mode(TINY, 1) == "chain"
-    assert default_mode(TINY, 2) == "bridge"
+    assert default_mode(WAN_RULE, 1) == "chain"
+    assert default_mode(WAN_RULE, 2) == "bridge"
 
 
 @pytest.mark.parametrize(("fields", "message"), [
@@ -179,7 +185,7 @@ def test_bad_storyboards(tmp_path, story, message):
 
 
 def test_mode_the_preset_cannot_do_names_the_preset_and_its_modes():
-    chain_only = TINY.model_copy(update={"name": "i2v-only", "supports_last_frame": False})
+    chain_only = WAN_RULE.model_copy(update={"name": "i2v-only", "supports_last_frame": False})
     with pytest.raises(ValueError, match=r"preset 'i2v-only' supports: chain"):
         plan_render(RenderRequest(prompt="a fox", mode="bridge"), chain_only)
 

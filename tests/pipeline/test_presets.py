@@ -195,7 +195,7 @@ def _tiny_fields(**changes):
 
 @pytest.mark.parametrize(("changes", "message"), [
     ({"default_width": 64}, "not one of the resolution_buckets"),
-    ({"resolution_buckets": [[128, 128], [120, 128]]}, "not a multiple of 16"),
+    ({"resolution_buckets": [[128, 128], [112, 128]]}, "not a multiple of 32"),
     ({"resolution_buckets": [[128, 128], [512, 512]]}, "over max_area"),
     ({"i2v_model": "models/wan/i2v"}, "neither a hub id"),
     ({"t2i_quantize_components": ["text_encoder_2"]}, "size.t2i_params does not list"),
@@ -256,3 +256,9 @@ def test_image_pipeline_renders_a_keyframe():
     assert image.shape == (16, 32, 3) and image.dtype == np.uint8
     np.testing.assert_allclose(image, render(1), rtol=0, atol=1)  # CPU kernels may round one level apart
     assert np.abs(image.astype(int) - render(2)).mean() > 5
+
+
+def test_tiny_vocabulary_is_the_worlds():
+    from pipeline import world
+
+    assert load_preset("tiny").vocabulary == world.VOCABULARY

@@ -20,7 +20,7 @@ EMBEDDED_PREFIX = "embedded://"
 # Version of the embedded checkpoints that pipeline/tiny.py builds (its cache folder is tiny-VERSION). Bump it
 # when that module's architecture or initialisation changes: old caches are then ignored, and jobs rendered
 # with them are not resumed with the new weights. Kept here, free of torch, so plans can name it.
-TINY_VERSION = "v3"
+TINY_VERSION = "v4"
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 

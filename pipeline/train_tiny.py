@@ -5,8 +5,9 @@
 
 One loop trains the I2V transformer, the T2I transformer and the text encoder they share for
 `TOTAL_STEPS`, then the T2I alone for `T2I_STEPS` on keyframes whose objects stand at the fixed
-`world.KEYFRAME_PLACES` (sharp keyframes in few steps; the joint stage shows it objects anywhere,
-which teaches the shared text encoder colours and shapes without their places). Each step
+`world.KEYFRAME_PLACES` (sharp keyframes in few steps), then with a text encoder of its own for
+`KEYFRAME_STEPS` (the shared one never had to name an object's colour: the I2V copies it from its
+first frame), then `OBJECT_STEPS` more with the T2I's object cells weighted 9x. Each step
 draws fresh scenes from `pipeline.world` and renders their latents directly (the VAE is hand-set and
 linear: `world.thumbnails` is its encoding), so there is no data set and no VAE pass. Both
 transformers predict the clean latent (x0); noise levels are drawn where the 4-step sampler works
@@ -42,6 +43,8 @@ logger = logging.getLogger(__name__)
 TOTAL_STEPS = 15000  # joint steps: I2V, T2I and text encoder
 T2I_STEPS = 6000     # then T2I-only steps (cheap: 64 tokens), with the shared text encoder fixed
 KEYFRAME_STEPS = 4000  # then the T2I with a text encoder of its own, copied from the shared one
+OBJECT_STEPS = 3000    # then the same with the object-weighted loss (keyframe places are fixed: no bias)
+OBJECT_LR = 3e-4
 T2I_LR = 5e-4
 I2V_BATCH, T2I_BATCH = 8, 16
 LR, MIN_LR, WARMUP = 1e-3, 1e-4, 200
@@ -150,8 +153,9 @@ class Trainer:
         scenes = [world.random_scene(self.rng) for _ in range(T2I_BATCH)]
         if self.step >= TOTAL_STEPS:
             scenes = [world.keyframe_layout(scene) for scene in scenes]
-        clean = torch.stack([torch.from_numpy(world.thumbnails(s, 1)) for s in scenes])
-        return clean, [self.prompt(s) for s in scenes]
+        clean = [torch.from_numpy(world.thumbnails(s, 1)) for s in scenes]
+        self.t2i_objects = torch.stack([self.object_cells(s, x0) for s, x0 in zip(scenes, clean, strict=True)])
+        return torch.stack(clean), [self.prompt(s) for s in scenes]
 
     # --- training ---------------------------------------------------------------------------------------
     def noised(self, x0: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -166,7 +170,7 @@ class Trainer:
 
     @property
     def total_steps(self) -> int:
-        return TOTAL_STEPS + T2I_STEPS + KEYFRAME_STEPS
+        return TOTAL_STEPS + T2I_STEPS + KEYFRAME_STEPS + OBJECT_STEPS
 
     def indices(self, *names: str) -> list[int]:
         """Positions in `self.params` (and `self.ema`) of the named modules' parameters."""
@@ -190,6 +194,8 @@ class Trainer:
         sigma = self.sigmas(T2I_BATCH, at_one=0.2)
         prediction = self.t2i.transformer(hidden_states=self.noised(x0, sigma), timestep=sigma * 1000.0,
                                           encoder_hidden_states=embeds, return_dict=False)[0]
+        if self.step >= TOTAL_STEPS + T2I_STEPS + KEYFRAME_STEPS:
+            return self.weighted_mse(prediction, x0, self.t2i_objects * 2.0)
         return ((prediction - x0) ** 2).mean()
 
     def loss(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,6 +223,8 @@ class Trainer:
         return i2v_loss, self.t2i_loss(t2i_x0, embeds[I2V_BATCH:])
 
     def learning_rate(self) -> float:
+        if self.step >= TOTAL_STEPS + T2I_STEPS + KEYFRAME_STEPS:
+            return OBJECT_LR
         if self.step >= TOTAL_STEPS + T2I_STEPS:
             share = min(1.0, (self.step - TOTAL_STEPS - T2I_STEPS) / KEYFRAME_STEPS)
             return MIN_LR + 0.5 * (T2I_LR - MIN_LR) * (1 + math.cos(math.pi * share))
@@ -284,7 +292,7 @@ class Trainer:
         for name, pipe in (("i2v", self.i2v), ("t2i", self.t2i)):
             pipe.save_pretrained(shutil_target / name)
         record = dict(steps=self.step, joint_steps=TOTAL_STEPS, t2i_steps=T2I_STEPS, keyframe_steps=KEYFRAME_STEPS,
-                      i2v_batch=I2V_BATCH,
+                      object_steps=OBJECT_STEPS, i2v_batch=I2V_BATCH,
                       t2i_batch=T2I_BATCH,
                       seed=tiny.SEED, command="python -m pipeline.train_tiny (chunks of --minutes 10), then --export")
         (shutil_target / "training.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -84,7 +84,6 @@ def test_keyframe_draws_the_prompts_background(generator):
         assert world.background_colour(image) == colour
 
 
-@pytest.mark.xfail(strict=True, reason="the tiny T2I does not yet draw objects in their own colours (issue 13)")
 def test_keyframe_draws_the_prompts_objects_where_keyframes_put_them(generator):
     for prompt, colour, background in ((RED_RIGHT, "red", "blue"),
                                        ("a yellow square moving up on a purple background", "yellow", "purple"),

@@ -154,8 +154,8 @@ class Trainer:
         if self.step >= TOTAL_STEPS:
             scenes = [world.keyframe_layout(scene) for scene in scenes]
         clean = [torch.from_numpy(world.thumbnails(s, 1)) for s in scenes]
-        self.t2i_objects = torch.stack([self.object_cells(s, x0) for s, x0 in zip(scenes, clean, strict=True)])
-        return torch.stack(clean), [self.prompt(s) for s in scenes]
+        objects = torch.stack([self.object_cells(s, x0) for s, x0 in zip(scenes, clean, strict=True)])
+        return torch.stack(clean), [self.prompt(s) for s in scenes], objects
 
     # --- training ---------------------------------------------------------------------------------------
     def noised(self, x0: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -190,25 +190,26 @@ class Trainer:
             return self.indices("t2i")
         return self.indices("t2i", "keyframe_text")
 
-    def t2i_loss(self, x0: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+    def t2i_loss(self, x0: torch.Tensor, embeds: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
         sigma = self.sigmas(T2I_BATCH, at_one=0.2)
         prediction = self.t2i.transformer(hidden_states=self.noised(x0, sigma), timestep=sigma * 1000.0,
                                           encoder_hidden_states=embeds, return_dict=False)[0]
         if self.step >= TOTAL_STEPS + T2I_STEPS + KEYFRAME_STEPS:
-            return self.weighted_mse(prediction, x0, self.t2i_objects * 2.0)
+            return self.weighted_mse(prediction, x0, objects * 2.0)
         return ((prediction - x0) ** 2).mean()
 
     def loss(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.step >= TOTAL_STEPS + T2I_STEPS:  # the keyframe stage: the T2I and its own text encoder
-            t2i_x0, t2i_prompts = self.t2i_batch()
-            return torch.zeros(()), self.t2i_loss(t2i_x0, self.embed(t2i_prompts, self.t2i.text_encoder))
+            t2i_x0, t2i_prompts, t2i_objects = self.t2i_batch()
+            embeds = self.embed(t2i_prompts, self.t2i.text_encoder)
+            return torch.zeros(()), self.t2i_loss(t2i_x0, embeds, t2i_objects)
         if self.step >= TOTAL_STEPS:  # the T2I stage: the text encoder is the I2V's too, so it stays as it is
-            t2i_x0, t2i_prompts = self.t2i_batch()
+            t2i_x0, t2i_prompts, t2i_objects = self.t2i_batch()
             with torch.no_grad():
                 embeds = self.embed(t2i_prompts)
-            return torch.zeros(()), self.t2i_loss(t2i_x0, embeds)
+            return torch.zeros(()), self.t2i_loss(t2i_x0, embeds, t2i_objects)
         x0, mask, condition, i2v_prompts, objects = self.i2v_batch()
-        t2i_x0, t2i_prompts = self.t2i_batch()
+        t2i_x0, t2i_prompts, t2i_objects = self.t2i_batch()
         embeds = self.embed(i2v_prompts + t2i_prompts)
 
         sigma = self.sigmas(I2V_BATCH, at_one=0.35)
@@ -220,7 +221,7 @@ class Trainer:
         prediction = self.i2v.transformer(hidden_states=inputs, timestep=sigma * 1000.0,
                                           encoder_hidden_states=embeds[:I2V_BATCH], return_dict=False)[0]
         i2v_loss = self.weighted_mse(prediction, x0, objects)
-        return i2v_loss, self.t2i_loss(t2i_x0, embeds[I2V_BATCH:])
+        return i2v_loss, self.t2i_loss(t2i_x0, embeds[I2V_BATCH:], t2i_objects)
 
     def learning_rate(self) -> float:
         if self.step >= TOTAL_STEPS + T2I_STEPS + KEYFRAME_STEPS:
@@ -288,14 +289,14 @@ class Trainer:
         for module in self.modules.values():
             module.eval()
             module.to(torch.float16)
-        shutil_target = Path(target)
+        target = Path(target)
         for name, pipe in (("i2v", self.i2v), ("t2i", self.t2i)):
-            pipe.save_pretrained(shutil_target / name)
+            pipe.save_pretrained(target / name)
         record = dict(steps=self.step, joint_steps=TOTAL_STEPS, t2i_steps=T2I_STEPS, keyframe_steps=KEYFRAME_STEPS,
                       object_steps=OBJECT_STEPS, i2v_batch=I2V_BATCH,
                       t2i_batch=T2I_BATCH,
                       seed=tiny.SEED, command="python -m pipeline.train_tiny (chunks of --minutes 10), then --export")
-        (shutil_target / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+        (target / "training.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 def main() -> None:

@@ -118,6 +118,12 @@ def thumbnail(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(cells.transpose(2, 0, 1) * 2.0 - 1.0)
 
 
+def as_cells(image: np.ndarray) -> np.ndarray:
+    """A uint8 frame as the tiny VAE holds it exactly: its 4x4-pixel means, drawn as 4x4 blocks."""
+    cells = image.reshape(SIZE // THUMB, THUMB, SIZE // THUMB, THUMB, 3).mean(axis=(1, 3))
+    return (np.repeat(np.repeat(cells, THUMB, axis=0), THUMB, axis=1) + 0.5).astype(np.uint8)
+
+
 def latent_frames(num_frames: int) -> list[int]:
     """The video frames the tiny VAE keeps one latent of: 0, then the last of each 4-frame chunk."""
     return list(range(0, num_frames, CHUNK))

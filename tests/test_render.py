@@ -54,12 +54,6 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
-def _cells(image: np.ndarray) -> np.ndarray:
-    """An image as the tiny VAE holds it exactly: its 4x4-pixel means, drawn as 4x4 blocks."""
-    cells = image.reshape(32, 4, 32, 4, 3).mean(axis=(1, 3))
-    return (np.repeat(np.repeat(cells, 4, axis=0), 4, axis=1) + 0.5).astype(np.uint8)
-
-
 @pytest.mark.parametrize("mode", ["keyframes", "bridge"])
 def test_keyframes_land_on_their_planned_frames(engine, tmp_path, mode):
     """The decoded MP4's frame at each planned keyframe position is that keyframe (PSNR), and its
@@ -76,7 +70,7 @@ def test_keyframes_land_on_their_planned_frames(engine, tmp_path, mode):
             continue
         place = (20.0 + 36.0 * (k.index % 3), 40.0 + 24.0 * (k.index % 2))
         scene = world.Scene("blue", (world.Thing("red", "ball", "right", start=place),))
-        images[k.index] = _cells(world.render_clip(scene, 1)[0])
+        images[k.index] = world.as_cells(world.render_clip(scene, 1)[0])
         Image.fromarray(images[k.index]).save(tmp_path / f"k{k.index}.png")
         image = str(tmp_path / f"k{k.index}.png")
         story.append(StoryboardEntry(at_s=k.frame / plan.fps, prompt=RED_RIGHT, image=image))

@@ -146,16 +146,10 @@ def test_vae_latent_is_the_worlds_thumbnail():
     assert np.abs(world.thumbnails(scene, 21) - expected).mean() < 0.01  # 2x2 samples per cell, not 4x4
 
 
-def _cells(image: np.ndarray) -> np.ndarray:
-    """An image as the tiny VAE can hold it exactly: its 4x4-pixel means, drawn as 4x4 blocks."""
-    cells = image.reshape(32, 4, 32, 4, 3).mean(axis=(1, 3))
-    return (np.repeat(np.repeat(cells, 4, axis=0), 4, axis=1) + 0.5).astype(np.uint8)
-
-
 def test_conditioned_frames_are_the_conditions(generator):
     thing = world.Thing("red", "ball", "right", start=(30.0, 64.0), end=(98.0, 64.0))
     clip = world.render_clip(world.Scene("blue", (thing,)), 21)
-    first, last = _cells(clip[0]), _cells(clip[-1])
+    first, last = world.as_cells(clip[0]), world.as_cells(clip[-1])
     frames = generator.segment(SegmentRequest(RED_RIGHT, 5, 21, 128, 128, first, last))
     assert _psnr(frames[0], first) >= 40 and _psnr(frames[-1], last) >= 40
     assert max(_psnr(frame, image) for frame in frames[6:-6] for image in (first, last)) < 30

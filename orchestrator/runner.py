@@ -9,24 +9,34 @@ so a restarted runner resumes unfinished jobs where they stopped.
 from __future__ import annotations
 
 import io
+import json
 import logging
+import shutil
+import tempfile
 import threading
 import time
+from pathlib import Path
 
+import numpy as np
 import ray
 from PIL import Image
 
 from orchestrator.config import EngineConfig
 from orchestrator.jobs import TERMINAL, Job, JobProgress, JobStore
+from orchestrator.metrics import RunnerGauges, RunnerMetrics
 from orchestrator.request import RenderRequest
-from orchestrator.scheduler import PlanRun
+from orchestrator.scheduler import PlanRun, load_keyframe_image
 from pipeline.presets import load_preset
+from pipeline.video_io import iter_frames
 
 logger = logging.getLogger(__name__)
 
 
 MAX_IMAGE_PIXELS = 4096 * 4096
 FIRST_IMAGE = "first_image"  # an uploaded first keyframe, inside its job directory
+PREFIX_VIDEO = "prefix.mp4"  # a continued job's source video: its frames, but the last, open the output
+PREFIX_INFO = "prefix.json"  # {"frames": frames of prefix.mp4 in the output, "source": job id or None}
+ANNOTATIONS = "annotations.json"  # what the HTTP API records about a job (e.g. the video it remixes)
 # The jobs root is a directory on the head node (ray_cluster.yaml): the runner that writes it and the Serve
 # ingress that reads videos from it run there. Their actors reserve no CPU, so without this Ray could place
 # them on any node, a GPU node's disk included.
@@ -55,6 +65,10 @@ class JobCancelled(Exception):
     """The job was cancelled by a user."""
 
 
+class NotFinished(Exception):
+    """The job has no finished video (yet)."""
+
+
 class JobRunner:
     """Jobs in, videos out. Methods are safe to call from several threads (a threaded Ray actor)."""
 
@@ -66,7 +80,10 @@ class JobRunner:
         self.store = JobStore(jobs_root)
         self.max_active_jobs = max_active_jobs
         self._runs: dict[str, PlanRun] = {}
+        self._encoded: dict[str, int] = {}  # frames of each active job counted in the metrics so far
         self._lock = threading.Lock()
+        self.metrics = RunnerMetrics(RunnerGauges(self._jobs_by_state, self.workers, self._tasks_waiting))
+        self.engine.dispatcher.on_task_done = lambda task, seconds: self.metrics.task_done(task.kind, seconds)
         self._stop = threading.Event()
         self._resume_unfinished()
         self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
@@ -74,12 +91,21 @@ class JobRunner:
 
     # -- API -------------------------------------------------------------------------------------
 
-    def submit(self, request: RenderRequest, job_id: str | None = None, image: bytes | None = None) -> str:
+    def submit(self, request: RenderRequest, job_id: str | None = None, image: bytes | None = None,
+               continues: str | bytes | None = None, annotations: dict | None = None) -> str:
         """Plan and queue a render; returns its job id. `image` (PNG/JPEG bytes) is the first
-        keyframe. ValueError for a request that cannot be planned or an unusable image,
-        QueueFull when `max_active_jobs` are unfinished."""
+        keyframe. `continues`: a finished job's id, or a video file's bytes, that opens this job's
+        output, its last frame this job's first keyframe (give `request` that video's size and fps,
+        and one frame more than the seconds to add: the shared frame appears once). `annotations`:
+        JSON-able notes kept with the job (`describe` returns them). ValueError for a request that
+        cannot be planned or an unusable image or video, KeyError for an unknown `continues`,
+        NotFinished if it has no video, QueueFull when `max_active_jobs` are unfinished."""
         job_id = job_id or self.store.new_id()
-        files = {}
+        files = {ANNOTATIONS: json.dumps(annotations or {}).encode()}
+        if continues is not None:
+            files[PREFIX_VIDEO], image, frames = self._continuation(continues)
+            source = continues if isinstance(continues, str) else None
+            files[PREFIX_INFO] = json.dumps({"frames": frames - 1, "source": source}).encode()
         if image is not None:
             check_image(image)
             files[FIRST_IMAGE] = image
@@ -125,7 +151,86 @@ class JobRunner:
             self.engine.dispatcher.cancel(run, JobCancelled(f"job {job_id} was cancelled"))
         elif job.state().state not in TERMINAL:
             job.update(state="cancelled", error="cancelled before it started")
+            self.metrics.jobs_ended.labels(state="cancelled").inc()
         return self.status(job_id)
+
+    def describe(self, job_id: str) -> dict:
+        """`status` with the job's request, its plan's shape (None until planned), its annotations and, for a
+        continued job, its prefix ({"frames": output frames before its own, "source": job id or None})."""
+        job = self.store.open(job_id)
+        try:
+            state, request, plan = self.status(job_id), job.request(), job.plan()
+            annotations, prefix = (json.loads(path.read_text()) if path.exists() else None
+                                   for path in (job.dir / ANNOTATIONS, job.dir / PREFIX_INFO))
+        except FileNotFoundError as err:  # deleted while being read
+            raise KeyError(job_id) from err
+        shape = None if plan is None else {name: getattr(plan, name) for name in (
+            "preset", "mode", "width", "height", "fps", "total_frames")}
+        return {"state": state, "request": request.model_dump(mode="json"), "plan": shape,
+                "annotations": annotations or {}, "prefix": prefix}
+
+    def list_jobs(self, after: str | None = None, limit: int = 20, order: str = "desc") -> dict:
+        """One page of `describe`s ordered by creation time (`order` asc or desc), starting after the job
+        `after` (KeyError if unknown): {"data": [...], "has_more": bool}."""
+        jobs = []
+        for folder in self.store.root.iterdir():
+            try:
+                jobs.append((self.store.open(folder.name).state().created_at, folder.name))
+            except (KeyError, OSError):  # not a job directory, or deleted meanwhile
+                continue
+        ids = [job_id for _, job_id in sorted(jobs, reverse=order == "desc")]
+        if after is not None and after not in ids:
+            raise KeyError(after)
+        start = ids.index(after) + 1 if after is not None else 0
+        page = []
+        for job_id in ids[start:]:
+            if len(page) == limit:
+                break
+            try:
+                page.append(self.describe(job_id))
+            except KeyError:  # deleted meanwhile
+                continue
+        return {"data": page, "has_more": start + len(page) < len(ids)}
+
+    def delete(self, job_id: str) -> None:
+        """Cancel `job_id` if it runs, then remove its directory; KeyError if unknown."""
+        job = self.store.open(job_id)
+        with self._lock:
+            run = self._runs.pop(job_id, None)
+            self._encoded.pop(job_id, None)
+        if run is not None:  # after this, nothing of the run writes to the job directory
+            self.engine.dispatcher.cancel(run, JobCancelled(f"job {job_id} was deleted"))
+            self.metrics.jobs_ended.labels(state="cancelled").inc()
+        shutil.rmtree(job.dir, ignore_errors=True)
+
+    def stills(self, job_id: str) -> list[np.ndarray]:
+        """The frames the job's segments start from, in time order, as uint8 (height, width, 3): its keyframes
+        and, in chain mode, each segment's first frame; only those that exist yet. KeyError if unknown."""
+        job = self.store.open(job_id)
+        plan = job.plan()
+        if plan is None:
+            return []
+        stills: dict[int, np.ndarray] = {}
+        saved_keyframes, saved_segments = job.saved("keyframes"), job.saved("segments")
+        for spec in plan.keyframes:
+            if spec.index in saved_keyframes:
+                stills[spec.frame] = job.load_frames("keyframes", spec.index)
+            elif spec.source == "image":
+                stills[spec.frame] = load_keyframe_image(spec.image, plan.width, plan.height)
+        for segment in plan.segments:
+            ref = segment.first
+            if ref.source == "segment" and ref.index in saved_segments and segment.start_frame not in stills:
+                stills[segment.start_frame] = np.array(job.load_frames("segments", ref.index, mmap=True)[ref.frame])
+        return [stills[frame] for frame in sorted(stills)]
+
+    def first_image(self, job_id: str) -> bytes | None:
+        """The first keyframe image uploaded with `job_id`, if any; KeyError if unknown."""
+        path = self.store.open(job_id).dir / FIRST_IMAGE
+        return path.read_bytes() if path.exists() else None
+
+    def metrics_text(self) -> bytes:
+        """The runner's metrics in the Prometheus text format."""
+        return self.metrics.exposition()
 
     def output_path(self, job_id: str) -> str | None:
         """The finished video's path, or None while the job is not done; KeyError if unknown."""
@@ -166,13 +271,70 @@ class JobRunner:
             on_progress=lambda progress: self._record(job, progress),
             on_stitching=lambda: job.update(state="stitching"),
         )
+        if (job.dir / PREFIX_VIDEO).exists():  # before the run is registered: a failure here leaves no run behind
+            try:
+                self._write_prefix(run, job.dir / PREFIX_VIDEO)
+            except BaseException:
+                run.writer.abort()
+                raise
         self._runs[job.id] = run
+        self._encoded[job.id] = 0
         job.update(state="rendering", progress=run.progress.model_copy())
         self.engine.dispatcher.add(run)
 
-    @staticmethod
-    def _record(job: Job, progress: JobProgress) -> None:
+    def _write_prefix(self, run: PlanRun, path) -> None:
+        """Open `run`'s output with the video it continues, less its last frame (the run's first keyframe)."""
+        last = None
+        for batch in iter_frames(path, size=(run.plan.width, run.plan.height)):
+            frames = batch if last is None else np.concatenate([last[None], batch])
+            if len(frames) > 1:
+                run.writer.write(frames[:-1])
+                self.metrics.frames_encoded(len(frames) - 1)
+            last = frames[-1]
+
+    def _continuation(self, source: str | bytes) -> tuple[bytes, bytes, int]:
+        """A video to continue (a finished job's, or a file's bytes): its bytes, its last frame as a PNG, its
+        frame count."""
+        if isinstance(source, str):
+            job = self.store.open(source)
+            if job.state().state != "done" or not job.output.exists():
+                raise NotFinished(f"video {source} is {job.state().state}; only a finished video can be continued")
+            source = job.output.read_bytes()
+        with tempfile.NamedTemporaryFile(suffix=".mp4") as handle:
+            handle.write(source)
+            handle.flush()
+            frames, last = 0, None
+            for batch in iter_frames(Path(handle.name)):
+                frames, last = frames + len(batch), batch[-1]
+        if last is None:
+            raise ValueError("the video to continue has no frames")
+        buffer = io.BytesIO()
+        Image.fromarray(last).save(buffer, format="PNG")
+        return source, buffer.getvalue(), frames
+
+    def _record(self, job: Job, progress: JobProgress) -> None:
         job.update(progress=progress.model_copy())
+        self._count_frames(job.id, progress.frames_written)
+
+    def _count_frames(self, job_id: str, frames_written: int) -> None:
+        """Add the frames encoded since the job last reported to the metrics."""
+        seen = self._encoded.get(job_id)
+        if seen is not None:
+            self.metrics.frames_encoded(frames_written - seen)
+            self._encoded[job_id] = frames_written
+
+    def _jobs_by_state(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for folder in self.store.root.iterdir():
+            try:
+                state = self.store.open(folder.name).state().state
+            except (KeyError, OSError, ValueError):  # not a job directory, or deleted or rewritten meanwhile
+                continue
+            counts[state] = counts.get(state, 0) + 1
+        return counts
+
+    def _tasks_waiting(self) -> int:
+        return sum(len(run.pending) for run in list(self._runs.values()))
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -188,14 +350,20 @@ class JobRunner:
             for job_id, _ in ended:
                 del self._runs[job_id]
         for job_id, run in ended:
-            job = self.store.open(job_id)
             progress = run.progress.model_copy()
+            self._count_frames(job_id, progress.frames_written)
+            self._encoded.pop(job_id, None)
             if run.error is None:
-                job.update(state="done", progress=progress)
+                state, error = "done", None
             elif isinstance(run.error, JobCancelled):
-                job.update(state="cancelled", error=str(run.error), progress=progress)
+                state, error = "cancelled", str(run.error)
             else:
-                job.update(state="failed", error=f"{type(run.error).__name__}: {run.error}", progress=progress)
+                state, error = "failed", f"{type(run.error).__name__}: {run.error}"
+            self.metrics.jobs_ended.labels(state=state).inc()
+            try:
+                self.store.open(job_id).update(state=state, error=error, progress=progress)
+            except (KeyError, FileNotFoundError):  # deleted as it ended
+                logger.info("job %s ended after it was deleted", job_id)
 
     def _resume_unfinished(self) -> None:
         for folder in sorted(self.store.root.iterdir()):

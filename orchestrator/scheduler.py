@@ -228,8 +228,11 @@ class Dispatcher:
         self._idle: list[ShardGroup] = list(pool.groups)
         self._running: dict[ray.ObjectRef, tuple[ShardGroup, PlanRun, Task]] = {}
         self._deadlines: dict[ray.ObjectRef, float] = {}
+        self._started: dict[ray.ObjectRef, float] = {}
         self._lock = threading.Lock()
         self._turn = 0
+        # Called with each task whose frames came back and its wall time in seconds (the runner's metrics).
+        self.on_task_done: Callable[[Task, float], None] = lambda task, seconds: None
 
     def add(self, run: PlanRun) -> None:
         with self._lock:
@@ -276,6 +279,7 @@ class Dispatcher:
             expired = [(ref, *self._running.pop(ref)) for ref in overdue]
             for ref in overdue:
                 del self._deadlines[ref]
+                self._started.pop(ref, None)
         budget = self.pool.parallel.task_timeout_s
         for _ref, group, run, task in expired:
             err = TimeoutError(f"{task.kind} {task.spec.index} exceeded its time budget of {budget:g}s")
@@ -293,7 +297,8 @@ class Dispatcher:
             method, args = run.call(task)
             ref = group.submit(method, *args)
             self._running[ref] = (group, run, task)
-            self._deadlines[ref] = time.monotonic() + self.pool.parallel.task_timeout_s
+            self._started[ref] = time.monotonic()
+            self._deadlines[ref] = self._started[ref] + self.pool.parallel.task_timeout_s
 
     def _next_ready(self) -> tuple[Task | None, PlanRun | None]:
         for offset in range(len(self.runs)):
@@ -308,6 +313,7 @@ class Dispatcher:
         with self._lock:
             group, run, task = self._running.pop(ref)
             self._deadlines.pop(ref, None)
+            started = self._started.pop(ref, None)
         try:
             result = ray.get(ref)
         except RenderCancelled:
@@ -316,6 +322,8 @@ class Dispatcher:
         except ray.exceptions.RayError as err:
             self._recover(group, run, task, err)
             return
+        if started is not None:
+            self.on_task_done(task, time.monotonic() - started)
         with self._lock:  # cancel() may fail the run from another thread
             self._idle.append(group)
             if not run.active:

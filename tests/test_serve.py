@@ -1,4 +1,5 @@
-"""The Ray Serve app over real HTTP: submit, progress, SSE, download, cancel, 429, errors."""
+"""The Ray Serve app over real HTTP, in the OpenAI Videos API shape: the official openai SDK as the client,
+plus progress events, cancel and delete, 429, errors in the OpenAI shape, extension, remix and metrics."""
 
 import base64
 import io
@@ -14,14 +15,18 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import openai
 import pytest
 import ray
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
 
 from pipeline.video_io import read_video
 
 MAX_ACTIVE = 2
 TOKEN = "test-token"
+BALL = "a red ball moving right on a blue background"
 
 
 def _free_port():
@@ -51,6 +56,28 @@ def api(ray_cluster, tiny_cache, tmp_path_factory):
     ray.kill(ray.get_actor("test-runner"))
 
 
+@pytest.fixture(scope="module")
+def sdk(api):
+    """The official openai client, unchanged, pointed at the app (no retries: a 4xx must surface at once)."""
+    client = openai.OpenAI(base_url=f"{str(api[0].base_url).rstrip('/')}/v1", api_key=TOKEN, max_retries=0)
+    yield client
+    client.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_job_left_running(request):
+    """After each test, delete the videos it left unfinished, so a failed test cannot fill the next one's queue."""
+    yield
+    if "api" not in request.fixturenames:
+        return
+    client, jobs = request.getfixturevalue("api")
+    for folder in jobs.iterdir():
+        state = folder / "state.json"
+        if state.exists() and json.loads(state.read_text())["state"] not in ("done", "failed", "cancelled"):
+            client.delete(f"/v1/videos/{folder.name}")
+    _wait(lambda: client.get("/healthz").json()["workers"]["active_jobs"] == 0, 60)
+
+
 def _wait(predicate, timeout_s, interval_s=0.2):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -60,10 +87,16 @@ def _wait(predicate, timeout_s, interval_s=0.2):
     raise AssertionError(f"condition not met within {timeout_s}s")
 
 
-def _submit(client, **fields):
-    response = client.post("/v1/renders", json={"prompt": "a fox", "mode": "chain", **fields})
-    assert response.status_code == 202, response.text
-    return response.json()
+def _create(client, **fields):
+    response = client.post("/v1/videos", json={"prompt": "a fox", "mode": "chain", **fields})
+    assert response.status_code == 200, response.text
+    video = response.json()
+    assert video["object"] == "video" and video["status"] in ("queued", "in_progress")
+    return video
+
+
+def _get(client, video):
+    return client.get(f"/v1/videos/{video['id']}").json()
 
 
 def _events(client, url):
@@ -76,110 +109,303 @@ def _events(client, url):
     return events
 
 
-def test_submit_watch_events_and_download(api):
+def _png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _first_frame(prompt: str) -> np.ndarray:
+    from pipeline import world
+
+    return (world.render_frame(world.scene_from_prompt(prompt), 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def _poll(sdk, video_id, timeout_s=180):
+    """Retrieve until the video ends; returns every Video seen."""
+    seen = [sdk.videos.retrieve(video_id)]
+    deadline = time.monotonic() + timeout_s
+    while seen[-1].status in ("queued", "in_progress"):
+        assert time.monotonic() < deadline, f"video {video_id} still {seen[-1].status}"
+        time.sleep(0.2)
+        seen.append(sdk.videos.retrieve(video_id))
+    return seen
+
+
+def _error(response, status, param=None):
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    if param is not None:
+        assert error["param"] == param, error
+    return error
+
+
+def test_openai_sdk_renders_polls_lists_downloads_and_deletes(api, sdk, tmp_path):
+    _, jobs = api
+    first = _first_frame(BALL)
+    video = sdk.videos.create(prompt=BALL, model="tiny", seconds="4", size="128x128",
+                              input_reference=("ball.png", _png(first), "image/png"),
+                              extra_body={"mode": "chain", "segment_frames": 33, "seed": 3})
+    assert (video.object, video.model, video.seconds, video.size) == ("video", "tiny", "4", "128x128")
+    assert video.status in ("queued", "in_progress") and video.completed_at is None and video.error is None
+    seen = _poll(sdk, video.id)
+    done = seen[-1]
+    assert done.status == "completed" and done.progress == 100 and done.error is None, done
+    progress = [v.progress for v in seen]
+    assert progress == sorted(progress) and all(0 <= p <= 100 for p in progress)
+    assert done.completed_at >= done.created_at
+
+    other = sdk.videos.create(prompt="a big green square moving up on a white background", seconds="1",
+                              extra_body={"mode": "chain"})
+    listed = [v.id for v in sdk.videos.list(limit=1)]  # one a page: the SDK follows the cursor
+    assert listed.index(other.id) < listed.index(video.id)  # newest first
+    assert [v.id for v in sdk.videos.list(order="asc", limit=100)] == listed[::-1]
+
+    mp4 = tmp_path / "ball.mp4"
+    sdk.videos.download_content(video.id, variant="video").write_to_file(mp4)
+    frames, info = read_video(mp4)
+    assert (info.frames, info.fps, info.width, info.height) == (64, 16, 128, 128)
+    thumbnail = tmp_path / "thumbnail.png"
+    sdk.videos.download_content(video.id, variant="thumbnail").write_to_file(thumbnail)
+    assert np.array_equal(np.asarray(Image.open(thumbnail)), first)  # the uploaded image is the first keyframe
+    sdk.videos.download_content(video.id, variant="spritesheet").write_to_file(tmp_path / "spritesheet.png")
+    sheet = np.asarray(Image.open(tmp_path / "spritesheet.png"))
+    assert sheet.shape[0] == 128 and sheet.shape[1] % 128 == 0 and sheet.shape[1] >= 256  # a still per segment
+    assert np.array_equal(sheet[:, :128], first) and not np.array_equal(sheet[:, 128:256], first)
+
+    deleted = sdk.videos.delete(video.id)
+    assert (deleted.id, deleted.deleted, deleted.object) == (video.id, True, "video.deleted")
+    assert not (jobs / video.id).exists()
+    with pytest.raises(openai.NotFoundError):
+        sdk.videos.retrieve(video.id)
+    assert video.id not in [v.id for v in sdk.videos.list(limit=100)]
+    _poll(sdk, other.id)
+
+
+def test_openai_sdk_errors(sdk):
+    with pytest.raises(openai.BadRequestError) as err:
+        sdk.videos.create(prompt=BALL, size="100x100")
+    assert err.value.param == "size" and "multiples of 32" in err.value.message
+    with pytest.raises(openai.BadRequestError) as err:
+        sdk.videos.create(prompt=BALL, model="sora-2")
+    assert err.value.param == "model" and "tiny" in err.value.message
+    with pytest.raises(openai.BadRequestError) as err:
+        sdk.videos.create(prompt=BALL, seconds="-4")
+    assert err.value.param == "seconds"
+    with pytest.raises(openai.NotFoundError):
+        sdk.videos.retrieve("0123456789abcdef0123456789abcdef")
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=str(sdk.base_url), api_key="wrong", max_retries=0).videos.list()
+
+
+def _assert_continues(before, after):
+    """`after` is `before` (decoded and encoded once more) up to its last frame, where the added second starts:
+    that frame is the extension's first keyframe."""
+    before, after = before.astype(int), after.astype(int)
+    assert np.abs(after[:len(before) - 1] - before[:-1]).mean() < 3
+    assert np.abs(after[len(before) - 1] - before[-1]).mean() < 8
+
+
+def test_extension_continues_from_the_last_frame(api, sdk, tmp_path):
     client, _ = api
-    submitted = _submit(client, duration_s=3.0, segment_frames=33)
-    events = _events(client, submitted["events_url"])
-    assert events[-1]["state"] == "done"
-    assert events[-1]["history"] == ["queued", "planning", "rendering", "stitching", "done"]
-    frames_seen = [e["progress"]["frames_written"] for e in events]
+    source = sdk.videos.create(prompt=BALL, seconds="2", input_reference=("ball.png", _png(_first_frame(BALL)),
+                                                                          "image/png"), extra_body={"mode": "chain"})
+    by_id = {"prompt": BALL, "seconds": "1", "video": {"id": source.id}}
+    _error(client.post("/v1/videos/extensions", json=by_id), 409, "video")  # not completed yet
+    assert _poll(sdk, source.id)[-1].status == "completed"
+    sdk.videos.download_content(source.id).write_to_file(tmp_path / "source.mp4")
+    before, _ = read_video(tmp_path / "source.mp4")
+    # The SDK sends `video` as a file (its extract_files refuses {"id": ...}); an id goes as JSON or `video[id]`.
+    response = client.post("/v1/videos/extensions", json=by_id)
+    assert response.status_code == 200, response.text
+    extended = response.json()
+    assert extended["seconds"] == "3" and extended["extended_from_video_id"] == source.id
+    uploaded = sdk.videos.extend(prompt=BALL, seconds="1", video=("source.mp4", (tmp_path / "source.mp4").read_bytes(),
+                                                                   "video/mp4"))
+    assert uploaded.seconds == "3" and uploaded.model_extra["extended_from_video_id"] is None
+    for video_id in (extended["id"], uploaded.id):
+        assert _poll(sdk, video_id)[-1].status == "completed"
+        sdk.videos.download_content(video_id).write_to_file(tmp_path / f"{video_id}.mp4")
+        after, info = read_video(tmp_path / f"{video_id}.mp4")
+        assert (len(before), info.frames) == (32, 48)
+        _assert_continues(before, after)
+    with pytest.raises(openai.BadRequestError) as err:
+        sdk.videos.extend(prompt=BALL, seconds="1", video=("x.mp4", b"not a video", "video/mp4"))
+    assert err.value.param == "video"
+    _error(client.post("/v1/videos/extensions", data={"prompt": BALL, "seconds": "1", "video[id]": "nope"}), 404,
+           "video")
+
+
+def test_remix_keeps_everything_but_the_prompt(api, sdk):
+    client, jobs = api
+    source = sdk.videos.create(prompt="a fox", seconds="1", size="128x128", extra_body={"seed": 7, "mode": "chain"})
+    remix = sdk.videos.remix(source.id, prompt=BALL)
+    assert remix.remixed_from_video_id == source.id and remix.prompt == BALL
+    kept = {k: v for k, v in json.loads((jobs / source.id / "request.json").read_text()).items() if k != "prompt"}
+    made = {k: v for k, v in json.loads((jobs / remix.id / "request.json").read_text()).items() if k != "prompt"}
+    assert made == kept
+    for video in (source, remix):
+        assert _poll(sdk, video.id)[-1].status == "completed"
+
+
+def _samples(client) -> dict[tuple, float]:
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(response.text) for s in family.samples}
+
+
+def test_metrics_follow_a_render(api):
+    client, _ = api
+    before = _samples(client)
+    assert sum(before[("minutereel_workers", (("state", state),))] for state in ("idle", "busy")) == 2
+    video = _create(client, prompt=BALL, seconds=3, segment_frames=33)
+    _wait(lambda: _get(client, video)["status"] == "completed", 120)
+    after = _samples(client)
+    grew = {name for (name, labels), value in after.items()
+            if name.startswith("minutereel_") and value > before.get((name, labels), 0)}
+    assert {"minutereel_keyframes_rendered_total", "minutereel_segments_rendered_total",
+            "minutereel_segment_render_seconds_count", "minutereel_frames_encoded_total"} <= grew, grew
+    def added(name):
+        return after[(name, ())] - before.get((name, ()), 0)
+
+    segments = json.loads((api[1] / video["id"] / "plan.json").read_text())["segments"]
+    assert added("minutereel_segments_rendered_total") == added("minutereel_segment_render_seconds_count")
+    assert added("minutereel_segments_rendered_total") == len(segments) >= 2
+    assert added("minutereel_keyframes_rendered_total") == 1 and added("minutereel_frames_encoded_total") == 48
+    done = ("minutereel_jobs", (("state", "done"),))
+    assert after[done] == before.get(done, 0) + 1
+    assert after[("minutereel_queue_depth", ())] == 0
+
+
+def test_events_stream_video_objects_until_done(api):
+    client, _ = api
+    video = _create(client, seconds=3.0, segment_frames=33)
+    events = _events(client, f"/v1/videos/{video['id']}/events")
+    assert events[-1]["status"] == "completed" and events[-1]["progress"] == 100
+    assert events[-1]["render"]["history"] == ["queued", "planning", "rendering", "stitching", "done"]
+    frames_seen = [e["render"]["progress"]["frames_written"] for e in events]
     assert frames_seen == sorted(frames_seen) and frames_seen[-1] == 48
-    status = client.get(submitted["status_url"]).json()
-    assert status["state"] == "done" and status["progress"]["segments_done"] == status["progress"]["segments_total"]
-    video = client.get(submitted["video_url"])
-    assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
-    path = api[1] / "downloaded.mp4"
-    path.write_bytes(video.content)
-    frames, info = read_video(path)
-    assert (info.frames, info.fps, info.width, info.height) == (48, 16, 128, 128)
+    progress = [e["progress"] for e in events]
+    assert progress == sorted(progress)
 
 
 def test_two_jobs_share_the_pool(api):
     client, _ = api
-    a = _submit(client, duration_s=6.0, segment_frames=21, overlap_frames=4, seed=1)
-    b = _submit(client, duration_s=6.0, segment_frames=21, overlap_frames=4, seed=2)
+    a = _create(client, seconds=6.0, segment_frames=21, overlap_frames=4, seed=1)
+    b = _create(client, seconds=6.0, segment_frames=21, overlap_frames=4, seed=2)
     first_done = {}
 
     def one_done():
-        states = {job["id"]: client.get(job["status_url"]).json() for job in (a, b)}
-        done = [s for s in states.values() if s["state"] == "done"]
+        states = {job["id"]: _get(client, job) for job in (a, b)}
+        done = [s for s in states.values() if s["status"] == "completed"]
         if done:
             first_done.update(states)
         return bool(done)
 
     _wait(one_done, 180)
     # When the first job finished, the other had already rendered segments of its own.
-    assert all(s["progress"]["segments_done"] >= 1 for s in first_done.values())
-    _wait(lambda: all(client.get(job["status_url"]).json()["state"] == "done" for job in (a, b)), 180)
+    assert all(s["render"]["progress"]["segments_done"] >= 1 for s in first_done.values())
+    _wait(lambda: all(_get(client, job)["status"] == "completed" for job in (a, b)), 180)
 
 
-def test_cancel_frees_the_workers(api):
+def test_cancel_and_delete_free_the_workers(api):
     client, jobs = api
-    job = _submit(client, duration_s=60.0)
-    _wait(lambda: client.get(job["status_url"]).json()["progress"]["step"] is not None, 60, 0.05)
+    cancelled = _create(client, seconds=60.0)
+    _wait(lambda: _get(client, cancelled)["render"]["progress"]["step"] is not None, 60, 0.05)
     assert client.get("/healthz").json()["workers"]["busy"] >= 1
-    assert client.delete(job["status_url"]).status_code == 200
+    assert client.post(f"/v1/videos/{cancelled['id']}/cancel").status_code == 200
     _wait(lambda: client.get("/healthz").json()["workers"]["busy"] == 0, 10)
-    _wait(lambda: client.get(job["status_url"]).json()["state"] == "cancelled", 10)
-    assert client.get(job["video_url"]).status_code == 409
-    assert not [p for p in (jobs / job["id"]).iterdir() if p.name.startswith("output")]
+    _wait(lambda: _get(client, cancelled)["status"] == "failed", 10)
+    assert _get(client, cancelled)["error"]["code"] == "cancelled"
+    _error(client.get(f"/v1/videos/{cancelled['id']}/content"), 409)
+    assert not [p for p in (jobs / cancelled["id"]).iterdir() if p.name.startswith("output")]
+
+    deleted = _create(client, seconds=60.0)
+    _wait(lambda: _get(client, deleted)["render"]["progress"]["step"] is not None, 60, 0.05)
+    response = client.delete(f"/v1/videos/{deleted['id']}")
+    assert response.status_code == 200 and response.json()["deleted"] is True
+    _wait(lambda: client.get("/healthz").json()["workers"] == {"groups": 2, "busy": 0, "active_jobs": 0}, 10)
+    assert not (jobs / deleted["id"]).exists()
+    _error(client.get(f"/v1/videos/{deleted['id']}"), 404)
+    assert client.delete(f"/v1/videos/{cancelled['id']}").status_code == 200
 
 
-def test_full_queue_answers_429(api):
+def test_full_queue_answers_429(api, sdk):
     client, _ = api
-    held = [_submit(client, duration_s=60.0) for _ in range(MAX_ACTIVE)]
+    held = [_create(client, seconds=60.0) for _ in range(MAX_ACTIVE)]
     try:
-        response = client.post("/v1/renders", json={"prompt": "one too many", "mode": "chain"})
-        assert response.status_code == 429 and "Retry-After" in response.headers
+        response = client.post("/v1/videos", json={"prompt": "one too many", "mode": "chain"})
+        assert _error(response, 429)["type"] == "rate_limit_error" and "Retry-After" in response.headers
+        with pytest.raises(openai.RateLimitError):
+            sdk.videos.create(prompt="one too many")
     finally:
-        for job in held:
-            client.delete(job["status_url"])
+        for video in held:
+            client.delete(f"/v1/videos/{video['id']}")
     _wait(lambda: client.get("/healthz").json()["workers"]["active_jobs"] == 0, 30)
 
 
-@pytest.mark.parametrize(("method", "path", "body", "status"), [
-    ("get", "/v1/renders/nope", None, 404),
-    ("get", "/v1/renders/..%2F..%2Fetc/video", None, 404),
-    ("delete", "/v1/renders/0123456789abcdef0123456789abcdef", None, 404),
-    ("post", "/v1/renders", {"prompt": "a fox", "duration_s": -1}, 422),
-    ("post", "/v1/renders", {"prompt": "a fox", "width": 100, "mode": "chain"}, 422),
-    ("post", "/v1/renders", {"prompt": "a fox", "overlap_frames": 30, "mode": "chain"}, 422),
-    ("post", "/v1/renders", {"prompt": "a fox", "image": "/etc/passwd"}, 422),
-    ("post", "/v1/renders", {"prompt": "a fox", "width": 1024, "height": 1024, "mode": "chain"}, 422),
-    ("post", "/v1/renders", {"prompt": "a fox", "image_base64": "not base64!"}, 422),
-    ("post", "/v1/renders", {"prompt": "a fox", "image_base64": base64.b64encode(b"GIF89a....").decode()}, 422),
+@pytest.mark.parametrize(("method", "path", "body", "status", "param"), [
+    ("get", "/v1/videos/nope", None, 404, None),
+    ("get", "/v1/videos/..%2F..%2Fetc/content", None, 404, None),
+    ("delete", "/v1/videos/0123456789abcdef0123456789abcdef", None, 404, None),
+    ("get", "/v1/videos/nope/content?variant=poster", None, 400, "variant"),
+    ("get", "/v1/videos?limit=0", None, 400, "limit"),
+    ("get", "/v1/videos?after=nope", None, 400, "after"),
+    ("post", "/v1/videos", {"prompt": "a fox", "seconds": -1}, 400, "seconds"),
+    ("post", "/v1/videos", {"prompt": "a fox", "seconds": "four"}, 400, "seconds"),
+    ("post", "/v1/videos", {"prompt": "a fox", "size": "128"}, 400, "size"),
+    ("post", "/v1/videos", {"prompt": "a fox", "size": "1024x1024"}, 400, "size"),
+    ("post", "/v1/videos", {"prompt": "a fox", "width": 128}, 400, "width"),
+    ("post", "/v1/videos", {"prompt": "a fox", "image": "/etc/passwd"}, 400, "image"),
+    ("post", "/v1/videos", {"prompt": "a fox", "storyboard": [{"at_s": 0, "prompt": "x", "image": "/etc/passwd"}]},
+     400, "storyboard"),
+    ("post", "/v1/videos", {"prompt": "a fox", "input_reference": {"image_url": "https://example.com/a.png"}},
+     400, "input_reference"),
+    ("post", "/v1/videos", {"prompt": "a fox", "input_reference": {"image_url": "data:image/png;base64,!!"}},
+     400, "input_reference"),
+    ("post", "/v1/videos", [1, 2], 400, None),
+    ("post", "/v1/videos", {"prompt": "a fox", "overlap_frames": 30, "mode": "chain"}, 422, None),
+    ("post", "/v1/videos/extensions", {"prompt": "more", "seconds": 4}, 400, "video"),
+    ("post", "/v1/videos/extensions", {"prompt": "more", "seconds": 4, "video": {"id": "nope"}}, 404, "video"),
+    ("post", "/v1/videos/nope/remix", {"prompt": "again"}, 404, None),
 ])
-def test_bad_requests(api, method, path, body, status):
+def test_bad_requests(api, method, path, body, status, param):
     client, _ = api
     response = client.request(method.upper(), path, json=body)
-    assert response.status_code == status, response.text
+    _error(response, status, param)
     assert "ray::" not in response.text  # the reason, not a Ray traceback
     assert client.get("/healthz").status_code == 200
 
 
+def test_unsupported_body(api):
+    client, _ = api
+    _error(client.post("/v1/videos", content=b"prompt", headers={"content-type": "text/plain"}), 400)
+    _error(client.post("/v1/videos", content=b"{not json", headers={"content-type": "application/json"}), 400)
+
+
 def test_video_is_409_until_done(api):
     client, _ = api
-    job = _submit(client, duration_s=30.0)
-    assert client.get(job["video_url"]).status_code == 409
-    client.delete(job["status_url"])
+    video = _create(client, seconds=30.0)
+    assert _error(client.get(f"/v1/videos/{video['id']}/content"), 409)["code"] == "video_not_ready"
+    client.delete(f"/v1/videos/{video['id']}")
 
 
 def test_openapi_describes_every_request_field(api):
     client, _ = api
     schema = client.get("/openapi.json").json()
-    body = schema["components"]["schemas"]["RenderBody"]["properties"]
-    assert {"prompt", "duration_s", "mode", "storyboard"} <= set(body)
-    undocumented = [name for name, prop in body.items() if not prop.get("description")]
-    assert not undocumented
-    assert {"/v1/renders", "/v1/renders/{job_id}", "/v1/renders/{job_id}/events", "/v1/renders/{job_id}/video",
-            "/healthz"} <= set(schema["paths"])
-
-
-def test_unknown_preset_lists_the_presets(api):
-    client, _ = api
-    response = client.post("/v1/renders", json={"prompt": "a fox", "preset": "sora"})
-    detail = response.json()["detail"]
-    assert response.status_code == 422 and "known presets:" in detail and "tiny" in detail
+    for name in ("VideoCreateJSON", "VideoCreateForm", "ExtendFields", "ExtendForm", "RemixFields"):
+        body = schema["components"]["schemas"][name]["properties"]
+        undocumented = [field for field, prop in body.items() if not prop.get("description")]
+        assert not undocumented, (name, undocumented)
+    assert {"prompt", "model", "seconds", "size", "input_reference", "storyboard", "mode", "seed"} <= set(
+        schema["components"]["schemas"]["VideoCreateForm"]["properties"])
+    create = schema["paths"]["/v1/videos"]["post"]["requestBody"]["content"]
+    assert {"application/json", "multipart/form-data"} <= set(create)
+    assert {"/v1/videos", "/v1/videos/{video_id}", "/v1/videos/{video_id}/content", "/v1/videos/extensions",
+            "/v1/videos/{video_id}/remix", "/v1/videos/{video_id}/events", "/metrics", "/healthz"} <= set(
+        schema["paths"])
 
 
 def _png_header_only(width: int, height: int) -> bytes:
@@ -194,46 +420,49 @@ def _png_header_only(width: int, height: int) -> bytes:
 
 def test_hostile_images(api):
     client, _ = api
-    bomb = base64.b64encode(_png_header_only(50_000, 50_000)).decode()
-    response = client.post("/v1/renders", json={"prompt": "a fox", "image_base64": bomb, "mode": "chain"})
-    assert response.status_code == 422 and "pixels" in response.json()["detail"]
-    huge = "A" * (17 * 2**20 * 4 // 3)
-    assert client.post("/v1/renders", json={"prompt": "a fox", "image_base64": huge}).status_code == 413
+    bomb = _png_header_only(50_000, 50_000)
+    response = client.post("/v1/videos", data={"prompt": "a fox"}, files={"input_reference": ("b.png", bomb)})
+    assert "pixels" in _error(response, 400, "input_reference")["message"]
+    gif = client.post("/v1/videos", data={"prompt": "a fox"}, files={"input_reference": ("a.gif", b"GIF89a....")})
+    _error(gif, 400, "input_reference")
+    huge = b"\0" * (17 * 2**20)
+    _error(client.post("/v1/videos", data={"prompt": "a fox"}, files={"input_reference": ("h.png", huge)}), 413)
+    url = "data:image/png;base64," + "A" * (17 * 2**20 * 4 // 3)
+    _error(client.post("/v1/videos", json={"prompt": "a fox", "input_reference": {"image_url": url}}), 413)
     assert client.get("/healthz").status_code == 200
 
 
 def test_uploaded_image_is_the_first_keyframe(api):
-    from PIL import Image
-
     client, jobs = api
     picture = (np.indices((128, 128)).sum(axis=0) % 256).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(np.stack([picture] * 3, axis=-1)).save(buffer, format="PNG")
-    upload = base64.b64encode(buffer.getvalue()).decode()
+    upload = _png(np.stack([picture] * 3, axis=-1))
     before = set(jobs.iterdir())
-    bad = {"prompt": "a fox", "width": 100, "mode": "chain", "image_base64": upload}
-    refused = client.post("/v1/renders", json=bad)
-    assert refused.status_code == 422 and set(jobs.iterdir()) == before  # nothing written for a bad request
-    job = _submit(client, duration_s=1.0, image_base64=upload)
-    _wait(lambda: client.get(job["status_url"]).json()["state"] == "done", 120)
-    folder = jobs / job["id"]
+    refused = client.post("/v1/videos", data={"prompt": "a fox", "overlap_frames": "30", "mode": "chain"},
+                          files={"input_reference": ("p.png", upload, "image/png")})
+    _error(refused, 422)
+    assert set(jobs.iterdir()) == before  # nothing written for a bad request
+    data_url = "data:image/png;base64," + base64.b64encode(upload).decode()
+    video = _create(client, seconds=1.0, input_reference={"image_url": data_url})
+    _wait(lambda: _get(client, video)["status"] == "completed", 120)
+    folder = jobs / video["id"]
     plan = json.loads((folder / "plan.json").read_text())
     assert plan["keyframes"][0]["source"] == "image"
     assert plan["keyframes"][0]["image"] == json.loads((folder / "request.json").read_text())["image"]
-    assert Path(plan["keyframes"][0]["image"]).read_bytes() == buffer.getvalue()
+    assert Path(plan["keyframes"][0]["image"]).read_bytes() == upload
 
 
 def test_token_guards_every_route_but_healthz(api):
     client, _ = api
     bare = httpx.Client(base_url=client.base_url, timeout=30)
     assert bare.get("/healthz").status_code == 200
-    for method, path in (("GET", "/v1/renders/abc"), ("POST", "/v1/renders"), ("GET", "/openapi.json"),
-                         ("DELETE", "/v1/renders/abc"), ("GET", "/v1/renders/abc/video")):
+    for method, path in (("GET", "/v1/videos/abc"), ("POST", "/v1/videos"), ("GET", "/openapi.json"),
+                         ("GET", "/v1/videos"), ("DELETE", "/v1/videos/abc"), ("GET", "/v1/videos/abc/content"),
+                         ("POST", "/v1/videos/extensions"), ("GET", "/metrics")):
         response = bare.request(method, path, json={"prompt": "x"} if method == "POST" else None)
-        assert response.status_code == 401, (method, path)
-    wrong = bare.get("/v1/renders/abc", headers={"Authorization": "Bearer nope"})
+        assert _error(response, 401)["code"] == "invalid_api_key", (method, path)
+    wrong = bare.get("/v1/videos/abc", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
-    assert client.get("/v1/renders/abc").status_code == 404  # with the token: on to the route
+    assert client.get("/v1/videos/abc").status_code == 404  # with the token: on to the route
 
 
 def test_schemathesis_finds_no_server_errors(api):
@@ -253,7 +482,7 @@ def test_schemathesis_finds_no_server_errors(api):
         for folder in api[1].iterdir():
             if folder.is_dir() and json.loads((folder / "state.json").read_text())["state"] not in (
                     "done", "failed", "cancelled"):
-                client.delete(f"/v1/renders/{folder.name}")
+                client.delete(f"/v1/videos/{folder.name}")
         _wait(lambda: client.get("/healthz").json()["workers"]["active_jobs"] == 0, 120)
     assert client.get("/healthz").status_code == 200
 
@@ -262,7 +491,9 @@ def test_ingress_and_runner_are_pinned_to_the_head_node(api):
     """Both touch the jobs root on the head's disk; they reserve no CPU, so only a resource pins them."""
     from ray.util.state import list_actors
 
-    alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000, detail=True)
+    # The address: another Ray cluster on this machine (a concurrent test session) would make it ambiguous.
+    alive = list_actors(address=os.environ["RAY_JOB_ADDRESS"], filters=[("state", "=", "ALIVE")], limit=1000,
+                        detail=True)
     pinned = [a for a in alive if "RenderAPI" in a.class_name or a.name == "test-runner"]
     assert len(pinned) == 2, [(a.class_name, a.name) for a in alive]
     assert all("node:__internal_head__" in a.required_resources for a in pinned)

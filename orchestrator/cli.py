@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -17,6 +18,7 @@ from actors.config import ParallelConfig
 from orchestrator.config import EngineConfig
 from orchestrator.request import RenderRequest, load_storyboard
 from pipeline.config import ModelConfig, SequenceParallelConfig, StitchConfig, default_cache_dir
+from pipeline.presets import LoraSpec, is_preset_file
 from pipeline.seams import SeamReport
 from pipeline.video_io import output_format
 
@@ -32,7 +34,7 @@ def _add_request_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, help="pixels (default: the preset's)")
     parser.add_argument("--height", type=int, help="pixels (default: the preset's)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--preset", default="tiny", help="model preset (default tiny)")
+    _add_model_flags(parser)
     parser.add_argument("--mode", choices=["chain", "keyframes", "bridge"],
                         help="continuity mode (default: chain with one worker, bridge with more)")
     parser.add_argument("--overlap", type=int, default=8, help="frames shared by neighbouring segments")
@@ -41,7 +43,15 @@ def _add_request_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, help="guidance scale (default: the preset's)")
     parser.add_argument("--workers", type=int, help="shard groups (default: as many as the cluster fits)")
     parser.add_argument("--sp-degree", type=int, default=1, help="ranks per group (sequence parallelism)")
+
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="tiny",
+                        help="model preset: a name from `minutereel presets`, or a preset YAML file (default tiny)")
     parser.add_argument("--quantize", choices=["none", "int8"], default="none", help="weight quantization")
+    parser.add_argument("--lora", action="append", default=[], metavar="PATH_OR_ID[:SCALE]",
+                        help="LoRA fused into the model after the preset's own (repeatable): a .safetensors file or "
+                             "a directory holding one, or a hub id owner/name[/FILE]; SCALE defaults to 1")
 
 
 def _add_stitch_flags(parser: argparse.ArgumentParser) -> None:
@@ -74,13 +84,18 @@ def _request(args: argparse.Namespace) -> RenderRequest:
         image=args.image, duration_s=args.duration, fps=args.fps, width=args.width,
         height=args.height, seed=args.seed, preset=args.preset, mode=args.mode, overlap_frames=args.overlap,
         segment_frames=args.segment_frames, steps=args.steps, guidance=args.guidance,
+        loras=_loras(args) or None,
     )
+
+
+def _loras(args: argparse.Namespace) -> tuple[LoraSpec, ...]:
+    return tuple(LoraSpec.parse(text) for text in args.lora)
 
 
 def _engine_config(args: argparse.Namespace) -> EngineConfig:
     cache = os.environ.get("MINUTEREEL_CACHE")
     return EngineConfig(
-        model=ModelConfig(preset=args.preset, quantize=args.quantize,
+        model=ModelConfig(preset=args.preset, quantize=args.quantize, loras=_loras(args),
                           cache_dir=Path(cache) if cache else default_cache_dir()),
         parallel=ParallelConfig(workers=args.workers, sequence=SequenceParallelConfig(degree=args.sp_degree)),
         stitch=_stitch_config(args),
@@ -91,9 +106,10 @@ def _engine_config(args: argparse.Namespace) -> EngineConfig:
 def _render(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from orchestrator.engine import RenderEngine
+    from orchestrator.engine import RenderEngine, preflight
 
     request, config = _request(args), _engine_config(args)
+    preflight(config)  # a missing checkpoint or a broken LoRA fails before a job directory or Ray exists
     job, request = _open_job(args, request)
     out = Path(args.out) if args.out else job.output
     output_format(out, config.stitch.codec)  # a codec/container mismatch fails before Ray starts
@@ -153,7 +169,7 @@ def _open_job(args: argparse.Namespace, request: RenderRequest):
     request = job.resume_request(request, "Resume it with the same flags, or choose a new --job-dir.")
     saved = job.plan()
     if saved is not None:  # refused before any model loads
-        saved.require_weights(weights_id(load_preset(request.preset), args.quantize), job.id)
+        saved.require_weights(weights_id(load_preset(request.preset), args.quantize, _loras(args)), job.id)
     return job, request
 
 
@@ -190,7 +206,8 @@ def _plan(args: argparse.Namespace) -> int:
     preset = load_preset(request.preset)
     if request.mode is None:
         request = request.model_copy(update={"mode": default_mode(preset, args.workers or os.cpu_count() or 1)})
-    plan = plan_render(request, preset).model_copy(update={"weights": weights_id(preset, args.quantize)})
+    weights = weights_id(preset, args.quantize, _loras(args))
+    plan = plan_render(request, preset).model_copy(update={"weights": weights})
     if args.json:
         print(plan.model_dump_json(indent=2))
     else:
@@ -223,11 +240,24 @@ def _size(num_bytes: float) -> str:
     return f"{num_bytes / 2**30:.1f} GiB" if num_bytes >= 2**30 / 10 else f"{num_bytes / 2**20:.1f} MiB"
 
 
+def _preset_fields(preset) -> dict:
+    """Every field of `preset`, its modes, and the memory estimate per rank in bytes by quantization and SP degree."""
+    from pipeline.memory import SP_DEGREES, estimate_memory
+
+    memory = {label: {str(degree): estimate_memory(preset, quantize, degree).total for degree in SP_DEGREES}
+              for quantize, label in (("none", preset.dtype), ("int8", "int8"))}
+    return {**preset.model_dump(mode="json"), "modes": list(preset.modes), "memory_per_rank_bytes": memory}
+
+
 def _presets(args: argparse.Namespace) -> int:
     from pipeline.memory import SP_DEGREES, estimate_memory
     from pipeline.presets import load_preset, preset_names
 
-    for name in preset_names():
+    names = [*preset_names(), *(str(Path(f).resolve()) for f in args.files)]
+    if args.json:
+        print(json.dumps([_preset_fields(load_preset(name)) for name in names], indent=2))
+        return 0
+    for name in names:
         p = load_preset(name)
         sizes = ", ".join(f"{w}x{h}" + (" (default)" if (w, h) == (p.default_width, p.default_height) else "")
                           for w, h in p.resolution_buckets)
@@ -236,6 +266,8 @@ def _presets(args: argparse.Namespace) -> int:
         print(f"  modes {', '.join(p.modes)}; {p.native_fps} fps native; frames % {p.frame_modulus} == "
               f"{p.frame_remainder}, at most {p.max_frames}; sizes {sizes}; {p.steps} steps, guidance {p.guidance}; "
               f"SP backend {p.sp_backend}")
+        if p.loras:
+            print(f"  LoRAs fused at load: {', '.join(lora.label for lora in p.loras)}")
         if p.vocabulary:
             print(f"  knows only these words (others are ignored): {' '.join(p.vocabulary)}")
         print(f"  GPU memory per rank for one {p.max_frames}-frame {p.default_width}x{p.default_height} segment "
@@ -284,20 +316,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve_cmd.add_argument("--jobs-root", help="job directories (default: $MINUTEREEL_JOBS_ROOT or ./minutereel-jobs)")
     serve_cmd.add_argument("--max-active-jobs", type=int, default=8, help="unfinished jobs before POST answers 429")
-    serve_cmd.add_argument("--preset", default="tiny", help="model preset (default tiny)")
-    serve_cmd.add_argument("--quantize", choices=["none", "int8"], default="none", help="weight quantization")
+    _add_model_flags(serve_cmd)
     serve_cmd.add_argument("--workers", type=int, help="shard groups (default: as many as the cluster fits)")
     serve_cmd.add_argument("--sp-degree", type=int, default=1, help="ranks per group (sequence parallelism)")
     _add_stitch_flags(serve_cmd)
     serve_cmd.set_defaults(run=_serve)
 
     presets = commands.add_parser("presets", help="list model presets")
+    presets.add_argument("files", nargs="*", metavar="PRESET.yaml", help="preset files to list after the shipped ones")
+    presets.add_argument("--json", action="store_true",
+                         help="print every preset's fields, modes and memory estimate (bytes per rank) as JSON")
     presets.set_defaults(run=_presets)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if is_preset_file(getattr(args, "preset", "")):
+        args.preset = str(Path(args.preset).resolve())  # the ranks load it too, from another working directory
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:

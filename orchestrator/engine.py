@@ -19,7 +19,8 @@ from orchestrator.planner import default_mode, plan_render
 from orchestrator.request import RenderRequest
 from orchestrator.scheduler import Dispatcher, PlanRun
 from pipeline.checkpoints import checkpoint_paths
-from pipeline.presets import checkpoint_kind, load_preset, weights_id
+from pipeline.loras import check_loras
+from pipeline.presets import checkpoint_kind, load_preset, preset_path, weights_id
 from pipeline.seams import SeamReport
 from pipeline.stitch import OverlapStitcher
 from pipeline.video_io import VideoWriter
@@ -49,27 +50,40 @@ def connect_ray(address: str | None) -> None:
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
 
 
+def preflight(config: EngineConfig) -> None:
+    """Check on this machine what the ranks will load, before Ray starts: the checkpoints (building embedded ones
+    once, not raced by every rank) and every LoRA (present, readable, fitting its transformer), so a missing or
+    broken one is one clear ValueError. A remote cluster's ranks look on their own nodes."""
+    preset = load_preset(config.model.preset)
+    if config.ray_address is None or checkpoint_kind(preset.i2v_model) == "embedded":
+        i2v, _ = checkpoint_paths(preset, config.model.cache_dir, preset_path(config.model.preset))
+        check_loras((*preset.loras, *config.model.loras), preset.i2v_pipeline, i2v)
+
+
 class RenderEngine:
     """Holds a started WorkerPool for one preset; `render` runs requests on it."""
 
     def __init__(self, config: EngineConfig):
         self.config = config
         self.preset = load_preset(config.model.preset)
-        self.weights = weights_id(self.preset, config.model.quantize)
-        # Ranks started here load from this machine: find the checkpoints (building embedded ones once, not
-        # raced by every rank) before Ray starts, so a missing one is one clear error. A remote cluster's
-        # ranks look on their own nodes.
-        if config.ray_address is None or checkpoint_kind(self.preset.i2v_model) == "embedded":
-            checkpoint_paths(self.preset, config.model.cache_dir)
+        self.weights = weights_id(self.preset, config.model.quantize, config.model.loras)
+        preflight(config)
         connect_ray(config.ray_address)
         self.pool = WorkerPool(config.model, config.parallel)
         self.dispatcher = Dispatcher(self.pool)
 
     def resolve(self, request: RenderRequest) -> RenderRequest:
-        """The request with engine defaults filled in (mode from the pool size)."""
-        load_preset(request.preset)  # an unknown preset: ValueError listing the known ones
-        if request.preset != self.preset.name:
+        """The request with engine defaults filled in (mode from the pool size, the engine's LoRAs)."""
+        if request.preset not in (self.config.model.preset, self.preset.name):
+            load_preset(request.preset)  # an unknown preset: ValueError listing the known ones
             raise ValueError(f"preset {request.preset!r} is not loaded by this engine (it holds {self.preset.name!r})")
+        loaded = self.config.model.loras
+        if request.loras is None:
+            request = request.model_copy(update={"loras": loaded})
+        elif request.loras != loaded:
+            named = ", ".join(lora.label for lora in loaded) or "none"
+            raise ValueError(f"loras {', '.join(lora.label for lora in request.loras) or 'none'} are not the ones "
+                             f"this engine loaded ({named})")
         if request.mode is None:
             request = request.model_copy(update={"mode": default_mode(self.preset, self.pool.size)})
         return request

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pipeline.presets import ContinuityMode
+from pipeline.presets import ContinuityMode, LoraSpec
 
 MAX_DURATION_S = 3600.0
 
@@ -68,12 +68,25 @@ class RenderRequest(BaseModel):
     )
     steps: int | None = Field(None, ge=1, le=200, description="Denoising steps (preset default if omitted).")
     guidance: float | None = Field(None, ge=0, le=30, description="Guidance scale (preset default if omitted).")
+    loras: tuple[LoraSpec, ...] | None = Field(
+        None, max_length=16,
+        description="LoRAs fused into the model after the preset's own: objects {source, weight_name, scale, target} "
+                    "or strings PATH_OR_ID[:SCALE]. They must be the ones the rendering engine loaded (the CLI "
+                    "loads what --lora names); omitted: the engine's.",
+    )
 
     @field_validator("prompt")
     @classmethod
     def _prompt_has_text(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
             raise ValueError("prompt is blank; give a description of the video")
+        return value
+
+    @field_validator("loras", mode="before")
+    @classmethod
+    def _parse_lora_strings(cls, value):
+        if isinstance(value, list | tuple):
+            return tuple(LoraSpec.parse(v) if isinstance(v, str) else v for v in value)
         return value
 
     @model_validator(mode="after")

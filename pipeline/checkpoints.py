@@ -53,10 +53,11 @@ def locate_checkpoint(model: str, cache_dir: Path) -> str:
     return _hub_checkpoint(model)
 
 
-def checkpoint_paths(preset: Preset, cache_dir: Path) -> tuple[str, str]:
+def checkpoint_paths(preset: Preset, cache_dir: Path, preset_file: Path | None = None) -> tuple[str, str]:
     """The I2V and T2I checkpoints `from_pretrained` should load for `preset`.
 
-    Raises one CheckpointUnavailable naming every checkpoint that is missing and saying how to get it.
+    Raises one CheckpointUnavailable naming every checkpoint that is missing and saying how to get it (by
+    editing `preset_file`; default: the shipped preset of that name).
     """
     found, missing = {}, []
     for field in ("i2v_model", "t2i_model"):
@@ -66,11 +67,11 @@ def checkpoint_paths(preset: Preset, cache_dir: Path) -> tuple[str, str]:
         except CheckpointUnavailable as err:
             missing.append((field, model, str(err)))
     if missing:
-        raise CheckpointUnavailable(_how_to_fix(preset, missing))
+        raise CheckpointUnavailable(_how_to_fix(preset, missing, preset_file or preset_path(preset.name)))
     return found["i2v_model"], found["t2i_model"]
 
 
-def _how_to_fix(preset: Preset, missing: list[tuple[str, str, str]]) -> str:
+def _how_to_fix(preset: Preset, missing: list[tuple[str, str, str]], preset_file: Path) -> str:
     lines = [f"preset {preset.name!r} cannot load its checkpoints:"]
     lines += [f"  {field} {model}: {reason}" for field, model, reason in missing]
     hub = [model for _, model, _ in missing if checkpoint_kind(model) == "hub"]
@@ -81,5 +82,5 @@ def _how_to_fix(preset: Preset, missing: list[tuple[str, str, str]]) -> str:
     else:
         lines.append("Point the preset at a local copy (a diffusers pipeline directory holding model_index.json):")
     fields = " and ".join(dict.fromkeys(field for field, _, _ in missing))
-    lines.append(f"  set {fields} to the directory's absolute path in {preset_path(preset.name)}")
+    lines.append(f"  set {fields} to the directory's absolute path in {preset_file}")
     return "\n".join(lines)

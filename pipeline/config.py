@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.presets import LoraSpec
+
 
 def default_cache_dir() -> Path:
     """Where embedded checkpoints are saved: ~/.cache/minutereel."""
@@ -18,9 +20,12 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    preset: str = Field("tiny", description="Preset name (configs/presets/NAME.yaml).")
+    preset: str = Field("tiny", description="Preset name (configs/presets/NAME.yaml), or a preset YAML file's path.")
     quantize: Literal["none", "int8"] = Field(
         "none", description="Weight quantization of the preset's listed components."
+    )
+    loras: tuple[LoraSpec, ...] = Field(
+        (), description="LoRAs fused into the I2V transformers after the preset's own, before quantization."
     )
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Where embedded checkpoints are saved.")
 

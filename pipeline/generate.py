@@ -18,9 +18,11 @@ from PIL import Image
 
 from pipeline.checkpoints import checkpoint_paths
 from pipeline.config import ModelConfig, SequenceParallelConfig
+from pipeline.loras import fuse_loras
 from pipeline.parallel import enable_sequence_parallel
 from pipeline.presets import Preset, load_preset
 from pipeline.quantize import quantize_int8
+from pipeline.schedulers import few_step_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +92,10 @@ class SegmentGenerator:
         i2v_cls = getattr(diffusers, self.preset.i2v_pipeline)
         t2i_cls = getattr(diffusers, self.preset.t2i_pipeline)
         i2v = i2v_cls.from_pretrained(i2v_path, dtype=dtype)
+        if self.preset.scheduler == "few_step_euler":
+            i2v.scheduler = few_step_scheduler(i2v.scheduler.config, self.preset.flow_shift)
+        # LoRAs -> fuse -> quantize -> sequence parallelism: the only order that works (pipeline/loras.py).
+        fuse_loras(i2v, (*self.preset.loras, *self.config.loras))
         if self.config.quantize == "int8":
             self.quantized = quantize_int8(i2v, self.preset.quantize_components)
         t2i = None

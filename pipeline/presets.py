@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ContinuityMode = Literal["chain", "keyframes", "bridge"]
 
@@ -24,14 +24,16 @@ TINY_VERSION = "v4"
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
-def weights_id(preset: Preset, quantize: str) -> str:
+def weights_id(preset: Preset, quantize: str, loras: tuple[LoraSpec, ...] = ()) -> str:
     """What a render's frames depend on besides its plan: the checkpoints (an embedded one with the
-    version of the code that builds it), their dtype and the quantization. Frames made under two ids
-    do not mix."""
+    version of the code that builds it), their dtype, the quantization and the LoRAs fused into them
+    (the preset's, then `loras`). Frames made under two ids do not mix."""
     def named(model: str) -> str:
         return f"{model}@{TINY_VERSION}" if checkpoint_kind(model) == "embedded" else model
 
-    return f"i2v={named(preset.i2v_model)} t2i={named(preset.t2i_model)} dtype={preset.dtype} quantize={quantize}"
+    weights = f"i2v={named(preset.i2v_model)} t2i={named(preset.t2i_model)} dtype={preset.dtype} quantize={quantize}"
+    fused = (*preset.loras, *loras)
+    return f"{weights} loras={','.join(lora.label for lora in fused)}" if fused else weights
 
 
 def checkpoint_kind(model: str) -> Literal["embedded", "local", "hub"]:
@@ -43,6 +45,65 @@ def checkpoint_kind(model: str) -> Literal["embedded", "local", "hub"]:
     if HUB_ID.fullmatch(model):
         return "hub"
     raise ValueError(f"checkpoint {model!r} is neither a hub id (owner/name), an absolute directory nor embedded://NAME")
+
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_weights writes
+
+
+class LoraSpec(BaseModel):
+    """A LoRA fused into one of the I2V pipeline's transformers before quantization and sequence parallelism."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str = Field(
+        description="Hub repository `owner/name`, or the absolute path of a .safetensors file or of a directory "
+                    "holding one."
+    )
+    weight_name: str | None = Field(
+        None, description=f"File inside the repository or directory; None: {LORA_WEIGHT_NAME}."
+    )
+    scale: float = Field(1.0, ge=-10.0, le=10.0, description="Strength it is fused at (1.0: as trained).")
+    target: Literal["transformer", "transformer_2"] = Field(
+        "transformer", description="Transformer it goes into: `transformer_2` is Wan 2.2's low-noise expert."
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _check_source(cls, value: str) -> str:
+        if not (Path(value).is_absolute() or HUB_ID.fullmatch(value)):
+            raise ValueError(f"LoRA source {value!r} is neither a hub id (owner/name) nor an absolute path")
+        return value
+
+    @property
+    def is_local(self) -> bool:
+        return Path(self.source).is_absolute()
+
+    @property
+    def label(self) -> str:
+        """`source[/weight_name]*scale[>transformer_2]`: how the LoRA is named in a job's weights id."""
+        name = f"{self.source}/{self.weight_name}" if self.weight_name else self.source
+        return f"{name}*{self.scale:g}" + (f">{self.target}" if self.target != "transformer" else "")
+
+    @classmethod
+    def parse(cls, text: str, cwd: Path | None = None) -> LoraSpec:
+        """`PATH_OR_ID[:SCALE]` as given to --lora: a local .safetensors file or directory (relative to `cwd`), or
+        a hub id `owner/name` optionally followed by the file's path in the repository."""
+        source, scale = text, 1.0
+        head, sep, tail = text.rpartition(":")
+        if sep and re.fullmatch(r"[-+]?\d*\.?\d+(e[-+]?\d+)?", tail, re.IGNORECASE):
+            source, scale = head, float(tail)
+        local = (cwd or Path.cwd()) / source
+        if _exists(local) or not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+(/[^:]+)?", source):
+            return cls(source=str(local.resolve()), scale=scale)
+        owner, name, *rest = source.split("/")
+        return cls(source=f"{owner}/{name}", weight_name="/".join(rest) or None, scale=scale)
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # a name too long or holding a NUL byte names nothing
+        return False
 
 
 class ModelSize(BaseModel):
@@ -109,6 +170,16 @@ class Preset(BaseModel):
         "For a model that honours its conditioning only approximately (the tiny one, whose keyframes must "
         "land exactly for the tests); large trained I2V models leave this off.",
     )
+    scheduler: Literal["checkpoint", "few_step_euler"] = Field(
+        "checkpoint",
+        description="The I2V sampler: the checkpoint's own, or few_step_euler (pipeline/schedulers.py: Euler on the "
+        "evenly spaced sigmas 1, 1 - 1/steps, ..., 1/steps, shifted by flow_shift), the grid step-distilled models "
+        "are trained on.",
+    )
+    flow_shift: float | None = Field(None, gt=0, description="Sigma shift of few_step_euler (e.g. 5 for Wan).")
+    loras: tuple[LoraSpec, ...] = Field(
+        (), description="LoRAs fused into the I2V transformers at load, before quantization (e.g. step distillation)."
+    )
     quantize_components: tuple[str, ...] = Field((), description="I2V pipeline components int8 quantizes.")
     t2i_quantize_components: tuple[str, ...] = Field(
         (), description="T2I pipeline components int8 quantizes (borrowed ones are quantized with the I2V's)."
@@ -159,6 +230,15 @@ class Preset(BaseModel):
                 raise ValueError(f"t2i_quantize_components names {component!r}, which size.t2i_params does not list")
         return self
 
+    @model_validator(mode="after")
+    def _check_sampler(self) -> Preset:
+        if (self.scheduler == "few_step_euler") != (self.flow_shift is not None):
+            raise ValueError("flow_shift is set exactly when scheduler is few_step_euler")
+        for lora in self.loras:
+            if lora.target not in self.size.i2v_params:
+                raise ValueError(f"LoRA {lora.label} targets {lora.target!r}, which size.i2v_params does not list")
+        return self
+
     @property
     def modes(self) -> tuple[ContinuityMode, ...]:
         """Continuity modes this preset can render."""
@@ -168,8 +248,16 @@ class Preset(BaseModel):
         return num_frames % self.frame_modulus == self.frame_remainder
 
 
+def is_preset_file(name: str) -> bool:
+    """Whether --preset names a YAML file (`./studio.yaml`) rather than a shipped preset (`wan2.1-i2v-480p`)."""
+    return name.endswith((".yaml", ".yml"))
+
+
 def preset_path(name: str) -> Path:
-    """The YAML file of a shipped preset (edit it to point a checkpoint at a local directory)."""
+    """The YAML file of a preset: a shipped one's by name, or the file given (edit it to point a checkpoint at a
+    local directory)."""
+    if is_preset_file(name):
+        return Path(name)
     return Path(str(resources.files("configs") / "presets" / f"{name}.yaml"))
 
 
@@ -181,8 +269,19 @@ def preset_names() -> list[str]:
 
 @cache
 def load_preset(name: str) -> Preset:
-    """Load a shipped preset by name; an unknown name raises ValueError listing the known ones."""
+    """Load a shipped preset by name, or a preset YAML file by its path (ending .yaml or .yml; give it absolute
+    where Ray workers on other machines load it). An unknown name or an unreadable or invalid file raises one
+    ValueError saying which."""
+    if is_preset_file(name):
+        try:
+            fields = yaml.safe_load(Path(name).read_text())
+            return Preset.model_validate(fields)
+        except (OSError, yaml.YAMLError) as err:
+            raise ValueError(f"preset file {name}: cannot be read: {err}") from err
+        except ValidationError as err:
+            details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+            raise ValueError(f"preset file {name}: {details}") from err
     known = preset_names()
     if name not in known:
-        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(known)}")
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(known)} (or a YAML file's path)")
     return Preset.model_validate(yaml.safe_load(preset_path(name).read_text()))

@@ -41,3 +41,46 @@ def test_render_without_the_checkpoint_says_how_to_get_it(tmp_path):
     assert message.rstrip().endswith("configs/presets/wan2.1-i2v-480p.yaml")
     assert not out.exists() and not Path(f"{out}.partial").exists()
     assert time.perf_counter() - started < 60  # failed before Ray started
+
+
+def test_presets_json_has_every_field_and_the_distilled_presets(capsys, tmp_path):
+    import json
+
+    import yaml
+
+    from pipeline.presets import load_preset
+
+    studio = tmp_path / "studio.yaml"
+    studio.write_text(yaml.safe_dump({**load_preset("tiny").model_dump(mode="json"), "name": "studio"}))
+    assert main(["presets", "--json", str(studio)]) == 0
+    presets = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
+    assert set(presets) == {*preset_names(), "studio"}
+    for fields in presets.values():
+        assert {"steps", "guidance", "modes", "supports_last_frame", "loras", "native_fps", "scheduler"} <= set(fields)
+        assert set(fields["memory_per_rank_bytes"]["int8"]) == {"1", "2", "4", "8"}
+    fast = [p for name, p in presets.items() if name not in ("tiny", "studio")
+            and p["steps"] <= 4 and p["guidance"] == 1.0 and p["scheduler"] == "few_step_euler" and p["loras"]]
+    assert {p["name"] for p in fast} >= {"wan2.1-i2v-480p-4step", "wan2.2-i2v-a14b-4step"}
+    flagship = presets["wan2.2-i2v-a14b-4step"]
+    assert flagship["supports_last_frame"] and flagship["modes"] == ["chain", "keyframes", "bridge"]
+    assert [lora["target"] for lora in flagship["loras"]] == ["transformer", "transformer_2"]
+    assert flagship["memory_per_rank_bytes"]["int8"]["1"] < flagship["memory_per_rank_bytes"]["bfloat16"]["1"]
+
+
+def test_plan_takes_a_preset_yaml_path(capsys, tmp_path, monkeypatch):
+    import json
+
+    import yaml
+
+    from pipeline.presets import load_preset
+
+    fields = {**load_preset("tiny").model_dump(mode="json"), "name": "studio", "steps": 3}
+    (tmp_path / "studio.yaml").write_text(yaml.safe_dump(fields))
+    monkeypatch.chdir(tmp_path)
+    assert main(["plan", "--preset", "studio.yaml", "--prompt", "a fox", "--duration", "2", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert (plan["preset"], plan["steps"]) == ("studio", 3)
+    (tmp_path / "broken.yaml").write_text(yaml.safe_dump({**fields, "steps": 0}))
+    assert main(["plan", "--preset", "broken.yaml", "--prompt", "a fox"]) == 2
+    assert capsys.readouterr().err.strip() == (f"minutereel: preset file {tmp_path / 'broken.yaml'}: steps: "
+                                               "Input should be greater than or equal to 1")

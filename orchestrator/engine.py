@@ -20,6 +20,7 @@ from orchestrator.request import RenderRequest
 from orchestrator.scheduler import Dispatcher, PlanRun
 from pipeline.checkpoints import checkpoint_paths
 from pipeline.loras import check_loras
+from pipeline.parallel import check_sequence_parallel
 from pipeline.presets import checkpoint_kind, load_preset, preset_path, weights_id
 from pipeline.seams import SeamReport
 from pipeline.stitch import OverlapStitcher
@@ -51,10 +52,12 @@ def connect_ray(address: str | None) -> None:
 
 
 def preflight(config: EngineConfig) -> None:
-    """Check on this machine what the ranks will load, before Ray starts: the checkpoints (building embedded ones
+    """Check on this machine what the ranks will load, before Ray starts: that the preset can shard its transformer
+    as asked, the checkpoints (building embedded ones
     once, not raced by every rank) and every LoRA (present, readable, fitting its transformer), so a missing or
     broken one is one clear ValueError. A remote cluster's ranks look on their own nodes."""
     preset = load_preset(config.model.preset)
+    check_sequence_parallel(preset.name, preset.sp_backend, config.parallel.sp_degree)
     if config.ray_address is None or checkpoint_kind(preset.i2v_model) == "embedded":
         i2v, _ = checkpoint_paths(preset, config.model.cache_dir, preset_path(config.model.preset))
         check_loras((*preset.loras, *config.model.loras), preset.i2v_pipeline, i2v)

@@ -5,8 +5,9 @@ Backends:
   attention). It works on CPU with gloo, but diffusers picks the rank's device as
   `rank % torch.accelerator.device_count()`, which divides by zero on a host without an
   accelerator; `_cpu_accelerator_shim` reports one (CPU) device for that call only.
-- `xfuser`: xDiT's USP attention, for GPU nodes. xfuser raises at import without a GPU, so it is
-  imported only when selected, and selecting it on a CPU host fails with a message that says so.
+- `none`: a transformer diffusers has no exact context-parallel plan for (HunyuanVideo); such a preset
+  renders at degree 1 only. (xDiT's xfuser is not a backend here: it cannot be imported without a GPU,
+  has no HunyuanVideo-I2V support, and would replace our pipelines with its own runner.)
 """
 
 from __future__ import annotations
@@ -68,16 +69,13 @@ def _cpu_accelerator_shim():
         torch.accelerator.device_count = original
 
 
-def _require_xfuser(device: str) -> None:
-    if not device.startswith("cuda"):
+def check_sequence_parallel(preset_name: str, backend: str, degree: int) -> None:
+    """ValueError unless the preset's `backend` can shard its transformer over `degree` ranks."""
+    if degree > 1 and backend == "none":
         raise ValueError(
-            "sp_backend 'xfuser' needs CUDA GPUs: xfuser (xDiT) cannot even be imported without one. "
-            "Use sp_backend 'diffusers' on CPU hosts."
+            f"preset {preset_name!r} renders at --sp-degree 1 only: diffusers has no exact context-parallel plan for "
+            "its transformer (see its YAML); use more --workers instead"
         )
-    try:
-        import xfuser  # noqa: F401
-    except ImportError as err:
-        raise ValueError("sp_backend 'xfuser' needs the gpu extra: pip install 'minutereel[gpu]'") from err
 
 
 def enable_sequence_parallel(transformer: torch.nn.Module, config: SequenceParallelConfig, backend: str,
@@ -85,11 +83,9 @@ def enable_sequence_parallel(transformer: torch.nn.Module, config: SequenceParal
     """Shard `transformer`'s attention over the sequence across the process group's ranks."""
     if config.degree == 1:
         return
-    if backend == "xfuser":
-        _require_xfuser(device)
-        raise NotImplementedError("the xfuser USP backend is not wired into minutereel yet; use 'diffusers'")
     if backend != "diffusers":
-        raise ValueError(f"unknown sp_backend {backend!r}; choose 'diffusers' or 'xfuser'")
+        raise ValueError(f"sp_backend {backend!r} cannot shard a transformer (degree {config.degree} asked); "
+                         "only 'diffusers' can")
     from diffusers import ContextParallelConfig
 
     if config.attention == "ring":

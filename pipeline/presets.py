@@ -187,7 +187,11 @@ class Preset(BaseModel):
     vocabulary: tuple[str, ...] = Field(
         (), description="The only prompt words the model knows (others are ignored); empty: an open vocabulary."
     )
-    sp_backend: Literal["diffusers", "xfuser"] = Field("diffusers", description="Sequence-parallel backend.")
+    sp_backend: Literal["diffusers", "none"] = Field(
+        "diffusers",
+        description="Sequence parallelism: diffusers' context parallelism (the transformer's own plan), or none "
+        "(a transformer diffusers cannot shard exactly: --sp-degree 1 only; the YAML says why).",
+    )
     size: ModelSize = Field(description="Parameter counts and transformer widths, for `minutereel presets`.")
 
     @field_validator("i2v_model", "t2i_model")

@@ -124,6 +124,9 @@ class RenderEngine:
             raise ValueError(f"job {job.id} was planned for preset {plan.preset!r}, "
                              f"but this engine holds {self.preset.name!r}")
         plan.require_weights(self.weights, job.id)
+        if plan.keyframe_steps is None:  # saved before plans carried their keyframe sampling: what it was then
+            steps, guidance = self.preset.keyframe_sampling(plan.steps, plan.guidance)
+            plan = plan.model_copy(update={"keyframe_steps": steps, "keyframe_guidance": guidance})
         if plan.weights is None:  # saved before plans carried their weights: from now on they are these
             if job.saved("keyframes") or job.saved("segments"):
                 logger.warning("job %s saved frames before plans named their weights; assuming %s", job.id,

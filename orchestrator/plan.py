@@ -63,6 +63,13 @@ class RenderPlan(BaseModel):
     total_frames: int
     steps: int
     guidance: float
+    keyframe_steps: int | None = Field(
+        None, description="Denoising steps of the keyframe (T2I) model; None only in plans saved before plans "
+                          "carried it (the engine fills it in from the preset)."
+    )
+    keyframe_guidance: float | None = Field(
+        None, description="Guidance scale of the keyframe model; None as for keyframe_steps."
+    )
     keyframes: list[KeyframeSpec]
     segments: list[SegmentSpec]
     weights: str | None = Field(

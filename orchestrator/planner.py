@@ -156,11 +156,13 @@ def plan_render(request: RenderRequest, preset: Preset) -> RenderPlan:
             wave=wave, first=first, last=last, prompt=request.prompt_at(start / request.fps),
             seed=derive_seed(request.seed, "segment", i),
         ))
+    steps = request.steps or preset.steps
+    guidance = preset.guidance if request.guidance is None else request.guidance
+    keyframe_steps, keyframe_guidance = preset.keyframe_sampling(steps, guidance)
     return RenderPlan(
         preset=preset.name, mode=mode, width=width, height=height, fps=request.fps,
-        total_frames=request.total_frames, steps=request.steps or preset.steps,
-        guidance=preset.guidance if request.guidance is None else request.guidance,
-        keyframes=keyframes, segments=segments,
+        total_frames=request.total_frames, steps=steps, guidance=guidance, keyframe_steps=keyframe_steps,
+        keyframe_guidance=keyframe_guidance, keyframes=keyframes, segments=segments,
     )
 
 

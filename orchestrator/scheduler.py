@@ -142,7 +142,8 @@ class PlanRun:
         """The shard-group method and arguments that render `task`."""
         plan, spec = self.plan, task.spec
         if task.kind == "keyframe":
-            return "keyframe", (spec.prompt, spec.seed, plan.width, plan.height, plan.steps, plan.guidance)
+            return "keyframe", (spec.prompt, spec.seed, plan.width, plan.height, plan.keyframe_steps,
+                                plan.keyframe_guidance)
         request = SegmentRequest(
             prompt=spec.prompt, seed=spec.seed, num_frames=spec.num_frames, width=plan.width, height=plan.height,
             first=self._frame(spec.first), last=self._frame(spec.last) if spec.last else None,

@@ -119,17 +119,14 @@ class SegmentGenerator:
                  steps: int | None = None, guidance: float | None = None) -> np.ndarray:
         """Render one keyframe with the T2I pipeline: uint8 (height, width, 3).
 
-        `steps` and `guidance` (the I2V's sampling) apply to a T2I model of the I2V's family; a preset
-        with its own keyframe sampling (`t2i_steps`, `t2i_guidance`, e.g. a distilled FLUX.1-schnell)
-        always uses that.
+        `steps` and `guidance` are the plan's keyframe sampling (RenderPlan.keyframe_steps and
+        keyframe_guidance); each left None is the preset's default (Preset.keyframe_sampling).
         """
         if self.t2i is None:
             raise RuntimeError("this generator was loaded without the keyframe (T2I) pipeline")
-        steps = self.preset.t2i_steps or steps or self.preset.steps
-        if self.preset.t2i_guidance is not None:
-            guidance = self.preset.t2i_guidance
+        default_steps, default_guidance = self.preset.keyframe_sampling(self.preset.steps, self.preset.guidance)
         return render_keyframe(
-            self.t2i, prompt, width, height, steps, self.preset.guidance if guidance is None else guidance,
+            self.t2i, prompt, width, height, steps or default_steps, default_guidance if guidance is None else guidance,
             self._generator(seed), self.preset.t2i_max_sequence_length,
         )
 

@@ -248,6 +248,11 @@ class Preset(BaseModel):
         """Continuity modes this preset can render."""
         return ("chain", "keyframes", "bridge") if self.supports_last_frame else ("chain",)
 
+    def keyframe_sampling(self, steps: int, guidance: float) -> tuple[int, float]:
+        """(steps, guidance) of the keyframe (T2I) model for a render sampling its I2V with `steps` and `guidance`:
+        the preset's own keyframe sampling where it has one (a distilled FLUX.1-schnell), else the same."""
+        return (self.t2i_steps or steps, guidance if self.t2i_guidance is None else self.t2i_guidance)
+
     def is_valid_length(self, num_frames: int) -> bool:
         return num_frames % self.frame_modulus == self.frame_remainder
 

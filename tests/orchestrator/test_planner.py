@@ -199,3 +199,11 @@ def test_plan_json_does_not_depend_on_workers():
         return json.loads(out)
 
     assert plan_json(1) == plan_json(2) == plan_json(7)
+
+
+def test_keyframe_sampling_is_resolved_once_in_the_plan():
+    tiny, distilled = load_preset("tiny"), load_preset("wan2.2-i2v-a14b-4step")
+    plan = plan_render(RenderRequest(prompt="a fox", duration_s=2, mode="chain", steps=6), tiny)
+    assert (plan.steps, plan.guidance, plan.keyframe_steps, plan.keyframe_guidance) == (6, 1.0, 12, 3.0)
+    plan = plan_render(RenderRequest(prompt="a fox", preset=distilled.name, duration_s=2, mode="bridge"), distilled)
+    assert (plan.steps, plan.guidance, plan.keyframe_steps, plan.keyframe_guidance) == (4, 1.0, 4, 0.0)

@@ -13,10 +13,10 @@ import json
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from orchestrator.request import MAX_DURATION_S, RenderRequest, StoryboardEntry
-from pipeline.presets import ContinuityMode, load_preset
+from pipeline.presets import ContinuityMode, LoraSpec, load_preset
 
 DEFAULT_SECONDS = "4"
 SIZE = re.compile(r"^\s*(\d{1,5})\s*[xX]\s*(\d{1,5})\s*$")
@@ -62,15 +62,20 @@ class VideoFields(BaseModel):
     segment_frames: int | None = Field(None, ge=2, description="minutereel: longest segment in frames.")
     steps: int | None = Field(None, ge=1, le=200, description="minutereel: denoising steps.")
     guidance: float | None = Field(None, ge=0, le=30, description="minutereel: guidance scale.")
+    loras: list[LoraSpec | str] | None = Field(
+        None, max_length=16, description="minutereel: LoRAs, {source, weight_name, scale, target} or "
+                                         "PATH_OR_ID[:SCALE] (a JSON list in a form); they must be the ones the "
+                                         "server loaded; omitted: the server's.")
 
-    @field_validator("storyboard", mode="before")
+    @field_validator("storyboard", "loras", mode="before")
     @classmethod
-    def _storyboard_from_text(cls, value: Any) -> Any:
+    def _list_from_text(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, str):  # a form field carries JSON text
             try:
-                return json.loads(value) if value.strip() else []
+                return json.loads(value) if value.strip() else cls.model_fields[info.field_name].get_default(
+                    call_default_factory=True)
             except json.JSONDecodeError as err:
-                raise ValueError(f"storyboard is not JSON: {err}") from err
+                raise ValueError(f"not a JSON list: {err}") from err
         return value
 
     @field_validator("storyboard")
@@ -162,7 +167,7 @@ def render_request(fields: VideoFields, default_model: str) -> RenderRequest:
     model = fields.model or default_model
     check_model(model)
     width, height = parse_size(fields.size, model)
-    values = fields.model_dump(exclude={"model", "seconds", "size"})
+    values = fields.model_dump(exclude={"model", "seconds", "size"}, exclude_none=True)
     values.update(preset=model, duration_s=fields.seconds, width=width, height=height)
     return _request(values, None)
 
@@ -171,7 +176,8 @@ def extension_request(fields: ExtendFields, kept: dict, shape: dict) -> RenderRe
     """The chain-mode RenderRequest that continues a video for `fields.seconds`: `kept` is the source's request
     (seed, overlap, steps, ...), `shape` its preset, fps, width and height. One frame more than asked: the source's
     last frame, which the render starts from, appears once in the stitched output."""
-    values = {name: kept[name] for name in ("seed", "overlap_frames", "segment_frames", "steps", "guidance")}
+    values = {name: kept.get(name) for name in ("seed", "overlap_frames", "segment_frames", "steps", "guidance",
+                                                 "loras")}
     values.update({name: shape[name] for name in ("preset", "fps", "width", "height")})
     values.update(prompt=fields.prompt, duration_s=fields.seconds + 1 / shape["fps"], mode="chain")
     if fields.seed is not None:

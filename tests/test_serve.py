@@ -367,6 +367,8 @@ def test_full_queue_answers_429(api, sdk):
      400, "input_reference"),
     ("post", "/v1/videos", [1, 2], 400, None),
     ("post", "/v1/videos", {"prompt": "a fox", "overlap_frames": 30, "mode": "chain"}, 422, None),
+    ("post", "/v1/videos", {"prompt": "a fox", "loras": ["/not/loaded.safetensors:0.5"]}, 422, None),
+    ("post", "/v1/videos", {"prompt": "a fox", "loras": "[not json"}, 400, "loras"),
     ("post", "/v1/videos/extensions", {"prompt": "more", "seconds": 4}, 400, "video"),
     ("post", "/v1/videos/extensions", {"prompt": "more", "seconds": 4, "video": {"id": "nope"}}, 404, "video"),
     ("post", "/v1/videos/nope/remix", {"prompt": "again"}, 404, None),

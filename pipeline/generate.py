@@ -108,8 +108,10 @@ class SegmentGenerator:
             if pipe is not None:
                 pipe.to(self.device)
                 pipe.set_progress_bar_config(disable=True)
-        # Only the I2V transformer is sharded: keyframes are one frame, rendered on rank 0 alone.
-        enable_sequence_parallel(i2v.transformer, self.sequence, self.preset.sp_backend, str(self.device))
+        # The I2V transformers are sharded (both experts of Wan 2.2 A14B: each runs some of the steps); the T2I's
+        # is not: keyframes are one frame, rendered on rank 0 alone.
+        experts = [m for m in (i2v.transformer, getattr(i2v, "transformer_2", None)) if m is not None]
+        enable_sequence_parallel(experts, self.sequence, self.preset.sp_backend, str(self.device))
         return i2v, t2i
 
     def _generator(self, seed: int) -> torch.Generator:

@@ -78,9 +78,10 @@ def check_sequence_parallel(preset_name: str, backend: str, degree: int) -> None
         )
 
 
-def enable_sequence_parallel(transformer: torch.nn.Module, config: SequenceParallelConfig, backend: str,
+def enable_sequence_parallel(transformers: list[torch.nn.Module], config: SequenceParallelConfig, backend: str,
                              device: str) -> None:
-    """Shard `transformer`'s attention over the sequence across the process group's ranks."""
+    """Shard each transformer's attention over the sequence across the process group's ranks (every one that
+    runs a denoising step: Wan 2.2 A14B has two experts, sharded alike over one mesh)."""
     if config.degree == 1:
         return
     if backend != "diffusers":
@@ -88,18 +89,21 @@ def enable_sequence_parallel(transformer: torch.nn.Module, config: SequenceParal
                          "only 'diffusers' can")
     from diffusers import ContextParallelConfig
 
-    if config.attention == "ring":
+    if config.attention == "ring" and not device.startswith("cuda"):
         # Ring attention merges partial results by log-sum-exp, which only the CUDA kernels return.
-        if not device.startswith("cuda"):
-            raise ValueError(
-                "ring attention needs an attention kernel that returns log-sum-exp (cuDNN, flash, sage: CUDA only); "
-                "use attention 'ulysses' on CPU"
-            )
-        transformer.set_attention_backend("_native_cudnn")
+        raise ValueError(
+            "ring attention needs an attention kernel that returns log-sum-exp (cuDNN, flash, sage: CUDA only); "
+            "use attention 'ulysses' on CPU"
+        )
     degrees = {"ulysses_degree": config.degree} if config.attention == "ulysses" else {"ring_degree": config.degree}
-    with _cpu_accelerator_shim():
-        transformer.enable_parallelism(config=ContextParallelConfig(**degrees))
-    logger.info("sequence parallel: %s degree %d", config.attention, config.degree)
+    parallel = ContextParallelConfig(**degrees)
+    for transformer in transformers:
+        if config.attention == "ring":
+            transformer.set_attention_backend("_native_cudnn")
+        with _cpu_accelerator_shim():
+            transformer.enable_parallelism(config=parallel)
+    logger.info("sequence parallel: %s degree %d on %d transformer(s)", config.attention, config.degree,
+                len(transformers))
 
 
 def probe_transformer(transformer: torch.nn.Module, seed: int, latent_frames: int, latent_height: int,

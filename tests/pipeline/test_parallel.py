@@ -14,12 +14,12 @@ def test_a_preset_without_a_context_parallel_plan_is_degree_one_only():
     with pytest.raises(ValueError, match="'hunyuanvideo-i2v' renders at --sp-degree 1 only"):
         check_sequence_parallel(preset.name, preset.sp_backend, 2)
     with pytest.raises(ValueError, match="sp_backend 'none' cannot shard a transformer"):
-        enable_sequence_parallel(torch.nn.Linear(2, 2), SequenceParallelConfig(degree=2), "none", "cpu")
+        enable_sequence_parallel([torch.nn.Linear(2, 2)], SequenceParallelConfig(degree=2), "none", "cpu")
 
 
 def test_degree_one_leaves_the_model_alone():
     model = torch.nn.Linear(2, 2)
-    enable_sequence_parallel(model, SequenceParallelConfig(degree=1), "none", "cpu")
+    enable_sequence_parallel([model], SequenceParallelConfig(degree=1), "none", "cpu")
     assert not hasattr(model, "_parallel_config")
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pipeline.presets import ContinuityMode, LoraSpec
+from pipeline.presets import ContinuityMode, LoraSpec, parse_loras
 
 MAX_DURATION_S = 3600.0
 
@@ -82,12 +82,7 @@ class RenderRequest(BaseModel):
             raise ValueError("prompt is blank; give a description of the video")
         return value
 
-    @field_validator("loras", mode="before")
-    @classmethod
-    def _parse_lora_strings(cls, value):
-        if isinstance(value, list | tuple):
-            return tuple(LoraSpec.parse(v) if isinstance(v, str) else v for v in value)
-        return value
+    _parse_loras = field_validator("loras", mode="before")(parse_loras)
 
     @model_validator(mode="after")
     def _check_story(self) -> RenderRequest:

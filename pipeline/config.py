@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pipeline.presets import LoraSpec
+from pipeline.presets import LoraSpec, parse_loras
 
 
 def default_cache_dir() -> Path:
@@ -25,8 +25,11 @@ class ModelConfig(BaseModel):
         "none", description="Weight quantization of the preset's listed components."
     )
     loras: tuple[LoraSpec, ...] = Field(
-        (), description="LoRAs fused into the I2V transformers after the preset's own, before quantization."
+        (), description="LoRAs fused into the I2V transformers after the preset's own, before quantization "
+                        "(objects, or --lora strings PATH_OR_ID[:SCALE])."
     )
+
+    _parse_loras = field_validator("loras", mode="before")(parse_loras)
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Where embedded checkpoints are saved.")
 
 

@@ -99,6 +99,13 @@ class LoraSpec(BaseModel):
         return cls(source=f"{owner}/{name}", weight_name="/".join(rest) or None, scale=scale)
 
 
+def parse_loras(value):
+    """A pydantic before-validator: `loras` given as a list whose items may be --lora strings `PATH_OR_ID[:SCALE]`."""
+    if isinstance(value, list | tuple):
+        return tuple(LoraSpec.parse(v) if isinstance(v, str) else v for v in value)
+    return value
+
+
 def _exists(path: Path) -> bool:
     try:
         return path.exists()

@@ -1,0 +1,94 @@
+"""Real presets' component classes at reduced depth and width, saved as local diffusers checkpoints, and a
+preset file pointing the real preset at them: the CPU form of the GPU path (same pipeline classes and kwargs,
+LoRA conversion, quantization order and context-parallel plan), for `pytest -m real_architecture`.
+
+Reduced: 1-2 layers, hidden sizes of 32-64, a VAE of base width 4; ByT5 byte tokenizers stand in for the
+sentencepiece ones (their vocabularies are downloads). Kept: the layouts (two Wan 2.2 experts with
+boundary_ratio 0.9, 16 latent channels + 4 mask + 16 condition = 36 transformer inputs, patch 1x2x2 over an
+8x-stride causal VAE, a FLUX transformer with CLIP and T5 encoders for keyframes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+from lora_files import write_wan_lora
+
+from pipeline.presets import load_preset
+
+WAN_DIM, WAN_FFN, WAN_HEADS, WAN_BLOCKS = 64, 128, 4, 2
+TEXT_DIM = 32
+
+
+def _wan_transformer(seed: int):
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=WAN_HEADS, attention_head_dim=WAN_DIM // WAN_HEADS,
+        in_channels=36, out_channels=16, text_dim=TEXT_DIM, freq_dim=256, ffn_dim=WAN_FFN, num_layers=WAN_BLOCKS,
+        cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+    )
+
+
+def wan22_i2v_a14b(folder: Path) -> Path:
+    """Wan 2.2 I2V A14B's pipeline layout: UMT5 text encoder, Wan VAE (z_dim 16), two experts, no CLIP."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline
+    from transformers import ByT5Tokenizer, UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(0)
+    pipe = WanImageToVideoPipeline(
+        tokenizer=ByT5Tokenizer(),
+        text_encoder=UMT5EncoderModel(UMT5Config(vocab_size=384, d_model=TEXT_DIM, d_kv=8, d_ff=64, num_layers=2,
+                                                 num_heads=4, feed_forward_proj="gated-gelu")),
+        vae=AutoencoderKLWan(base_dim=4, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                             temperal_downsample=[False, True, True]),
+        scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0),
+        transformer=_wan_transformer(1), transformer_2=_wan_transformer(2), boundary_ratio=0.9,
+    )
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def flux_schnell(folder: Path) -> Path:
+    """FLUX.1-schnell's pipeline layout: CLIP-L and T5 text encoders, a 16-channel VAE, no guidance embedding."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import ByT5Tokenizer, CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=AutoencoderKL(block_out_channels=(8, 8), layers_per_block=1, latent_channels=16, norm_num_groups=4,
+                          down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                          use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5),
+        text_encoder=CLIPTextModel(CLIPTextConfig(vocab_size=384, hidden_size=32, intermediate_size=37,
+                                                  num_hidden_layers=2, num_attention_heads=4, projection_dim=32,
+                                                  bos_token_id=0, eos_token_id=1, pad_token_id=0)),
+        tokenizer=ByT5Tokenizer(model_max_length=77),
+        text_encoder_2=T5EncoderModel(T5Config(vocab_size=384, d_model=32, d_kv=8, d_ff=37, num_layers=2,
+                                               num_heads=4)),
+        tokenizer_2=ByT5Tokenizer(),
+        transformer=FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
+                                           attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                           pooled_projection_dim=32, axes_dims_rope=[4, 4, 8], guidance_embeds=False),
+    ).save_pretrained(folder)
+    return folder
+
+
+def wan22_4step_preset_file(folder: Path) -> Path:
+    """wan2.2-i2v-a14b-4step as a preset file on the reduced checkpoints, with a synthetic high/low-noise LoRA
+    pair in the original Wan key layout (as lightx2v ships them) in place of the hub files."""
+    fields = load_preset("wan2.2-i2v-a14b-4step").model_dump(mode="json")
+    high = write_wan_lora(folder / "high_noise.safetensors", blocks=WAN_BLOCKS, dim=WAN_DIM, ffn=WAN_FFN, seed=1)
+    low = write_wan_lora(folder / "low_noise.safetensors", blocks=WAN_BLOCKS, dim=WAN_DIM, ffn=WAN_FFN, seed=2)
+    fields.update(
+        name="wan2.2-i2v-a14b-4step-cpu",
+        i2v_model=str(wan22_i2v_a14b(folder / "i2v")), t2i_model=str(flux_schnell(folder / "t2i")),
+        loras=[{"source": str(high), "target": "transformer"}, {"source": str(low), "target": "transformer_2"}],
+        t2i_max_sequence_length=32,
+    )
+    path = folder / "wan2.2-i2v-a14b-4step-cpu.yaml"
+    path.write_text(yaml.safe_dump(fields))
+    return path

@@ -380,6 +380,9 @@ class RenderAPI:
         data, _ = await _read_body(request)
         fields = oa.parse(oa.RemixFields, data)
         source = await self._describe(video_id)
+        if source["prefix"] is not None:  # its own request renders only the added seconds
+            raise oa.APIError(400, f"video {video_id} is an extension; remix the video it extends, then extend that",
+                              code="invalid_value")
         kept = {**source["request"], "prompt": fields.prompt, "storyboard": [], "image": None}
         try:
             image = await self.runner.first_image.remote(video_id)

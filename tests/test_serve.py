@@ -230,6 +230,8 @@ def test_extension_continues_from_the_last_frame(api, sdk, tmp_path):
         after, info = read_video(tmp_path / f"{video_id}.mp4")
         assert (len(before), info.frames) == (32, 48)
         _assert_continues(before, after)
+    with pytest.raises(openai.BadRequestError):  # an extension's request holds only the added seconds
+        sdk.videos.remix(uploaded.id, prompt="a fox")
     with pytest.raises(openai.BadRequestError) as err:
         sdk.videos.extend(prompt=BALL, seconds="1", video=("x.mp4", b"not a video", "video/mp4"))
     assert err.value.param == "video"

@@ -1,5 +1,6 @@
 """LoRAs on the tiny Wan transformer: both file layouts, the checks before loading, fusing, and the order with int8."""
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,17 @@ def i2v_dir(tiny_cache):
     return checkpoint_paths(load_preset("tiny"), tiny_cache)[0]
 
 
+@pytest.fixture(scope="module")
+def loaded(i2v_dir):
+    return WanImageToVideoPipeline.from_pretrained(i2v_dir)
+
+
+@pytest.fixture
+def fresh(loaded):
+    """A fresh copy of the tiny I2V pipeline (copying is much cheaper than loading)."""
+    return lambda: copy.deepcopy(loaded)
+
+
 def _probe(pipe) -> torch.Tensor:
     return probe_transformer(pipe.transformer, 3, latent_frames=6, latent_height=16, latent_width=16)
 
@@ -27,9 +39,9 @@ def _lora(path: Path, **fields) -> LoraSpec:
     return LoraSpec(source=str(path), **fields)
 
 
-def test_wan_layout_lora_fuses_to_what_diffusers_runs_unfused(i2v_dir, tmp_path):
+def test_wan_layout_lora_fuses_to_what_diffusers_runs_unfused(fresh, tmp_path):
     wan = write_wan_lora(tmp_path / "wan.safetensors")
-    pipe = WanImageToVideoPipeline.from_pretrained(i2v_dir)
+    pipe = fresh()
     base = _probe(pipe)
     pipe.load_lora_weights(str(tmp_path), weight_name=wan.name, adapter_name="reference")
     unfused = _probe(pipe)
@@ -42,9 +54,9 @@ def test_wan_layout_lora_fuses_to_what_diffusers_runs_unfused(i2v_dir, tmp_path)
                if isinstance(m, torch.nn.Linear))  # no PEFT layers left for quantization to trip on
 
 
-def test_both_layouts_and_scales_fuse_alike(i2v_dir, tmp_path):
+def test_both_layouts_and_scales_fuse_alike(fresh, tmp_path):
     def fused(*loras):
-        pipe = WanImageToVideoPipeline.from_pretrained(i2v_dir)
+        pipe = fresh()
         fuse_loras(pipe, loras)
         return _probe(pipe)
 
@@ -55,9 +67,9 @@ def test_both_layouts_and_scales_fuse_alike(i2v_dir, tmp_path):
     torch.testing.assert_close(half_twice, fused(_lora(wan)), rtol=0, atol=1e-4)
 
 
-def test_lora_then_int8_matches_the_fused_float_model(i2v_dir, tmp_path):
+def test_lora_then_int8_matches_the_fused_float_model(fresh, tmp_path):
     wan = write_wan_lora(tmp_path / "wan.safetensors")
-    pipe = WanImageToVideoPipeline.from_pretrained(i2v_dir)
+    pipe = fresh()
     base = _probe(pipe)
     fuse_loras(pipe, (_lora(wan),))
     fused = _probe(pipe)
@@ -124,7 +136,7 @@ def test_loras_are_part_of_the_weights_identity():
         ">transformer_2")
 
 
-def test_a_preset_file_with_a_lora_and_the_few_step_sampler_renders(tiny_cache, tmp_path):
+def test_a_preset_file_with_a_lora_and_the_few_step_sampler_renders(tiny_cache, fresh, tmp_path):
     """A studio's preset YAML: the tiny checkpoints with a LoRA and the 4-step sampler, loaded as the ranks do."""
     import numpy as np
     import yaml
@@ -139,7 +151,7 @@ def test_a_preset_file_with_a_lora_and_the_few_step_sampler_renders(tiny_cache, 
     (tmp_path / "studio.yaml").write_text(yaml.safe_dump(fields))
     config = ModelConfig(preset=str(tmp_path / "studio.yaml"), quantize="int8", cache_dir=tiny_cache)
     generator = SegmentGenerator(config, torch.device("cpu"), keyframes=False)
-    plain = WanImageToVideoPipeline.from_pretrained(checkpoint_paths(load_preset("tiny"), tiny_cache)[0])
+    plain = fresh()
     fuse_loras(plain, (_lora(lora, scale=0.5),))
     quantize_int8(plain, ("transformer",))
     torch.testing.assert_close(_probe(generator.i2v), _probe(plain), rtol=0, atol=1e-6)  # fused, then int8

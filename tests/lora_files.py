@@ -11,11 +11,13 @@ TINY_DIM, TINY_FFN, TINY_BLOCKS = 128, 512, 6  # pipeline/tiny_weights/i2v/trans
 
 
 def wan_lora_state(blocks: int = TINY_BLOCKS, dim: int = TINY_DIM, ffn: int = TINY_FFN, rank: int = 4,
-                   seed: int = 0, std: float = 0.3) -> dict[str, torch.Tensor]:
+                   seed: int = 0, std: float = 0.3, image: bool = False) -> dict[str, torch.Tensor]:
     """A LoRA in the original Wan key layout (lightx2v, Kijai): `diffusion_model.blocks.N.self_attn.q.lora_down
-    .weight` / `lora_up.weight` with an `alpha` per layer, on every attention and feed-forward linear layer."""
+    .weight` / `lora_up.weight` with an `alpha` per layer, on every attention and feed-forward linear layer
+    (with `image`, also the image cross-attention's k_img and v_img, as Wan 2.1 I2V LoRAs have)."""
     generator = torch.Generator().manual_seed(seed)
     layers = [(f"{attn}.{o}", dim, dim) for attn in ("self_attn", "cross_attn") for o in "qkvo"]
+    layers += [(f"cross_attn.{o}", dim, dim) for o in ("k_img", "v_img")] if image else []
     layers += [("ffn.0", dim, ffn), ("ffn.2", ffn, dim)]
     state = {}
     for block in range(blocks):

@@ -22,33 +22,58 @@ WAN_DIM, WAN_FFN, WAN_HEADS, WAN_BLOCKS = 64, 128, 4, 2
 TEXT_DIM = 32
 
 
-def _wan_transformer(seed: int):
+IMAGE_DIM = 32
+
+
+def _wan_transformer(seed: int, image: bool = False):
     from diffusers import WanTransformer3DModel
 
     torch.manual_seed(seed)
+    clip = dict(image_dim=IMAGE_DIM, added_kv_proj_dim=WAN_DIM) if image else {}
     return WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=WAN_HEADS, attention_head_dim=WAN_DIM // WAN_HEADS,
         in_channels=36, out_channels=16, text_dim=TEXT_DIM, freq_dim=256, ffn_dim=WAN_FFN, num_layers=WAN_BLOCKS,
-        cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+        cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024, **clip,
     )
 
 
-def wan22_i2v_a14b(folder: Path) -> Path:
-    """Wan 2.2 I2V A14B's pipeline layout: UMT5 text encoder, Wan VAE (z_dim 16), two experts, no CLIP."""
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline
+def _wan_common() -> dict:
+    """UMT5 text encoder, Wan VAE (z_dim 16, 8x spatial and 4x causal temporal stride), UniPC flow scheduler."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
     from transformers import ByT5Tokenizer, UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(0)
-    pipe = WanImageToVideoPipeline(
+    return dict(
         tokenizer=ByT5Tokenizer(),
         text_encoder=UMT5EncoderModel(UMT5Config(vocab_size=384, d_model=TEXT_DIM, d_kv=8, d_ff=64, num_layers=2,
                                                  num_heads=4, feed_forward_proj="gated-gelu")),
         vae=AutoencoderKLWan(base_dim=4, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                              temperal_downsample=[False, True, True]),
         scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0),
-        transformer=_wan_transformer(1), transformer_2=_wan_transformer(2), boundary_ratio=0.9,
     )
-    pipe.save_pretrained(folder)
+
+
+def wan22_i2v_a14b(folder: Path) -> Path:
+    """Wan 2.2 I2V A14B's pipeline layout: two experts split at boundary_ratio 0.9, no CLIP image encoder."""
+    from diffusers import WanImageToVideoPipeline
+
+    WanImageToVideoPipeline(**_wan_common(), transformer=_wan_transformer(1), transformer_2=_wan_transformer(2),
+                            boundary_ratio=0.9).save_pretrained(folder)
+    return folder
+
+
+def wan21_i2v(folder: Path) -> Path:
+    """Wan 2.1 I2V 14B's pipeline layout: one transformer with image cross-attention over a CLIP vision tower's
+    penultimate hidden states (CLIPImageProcessor in front)."""
+    from diffusers import WanImageToVideoPipeline
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(3)
+    encoder = CLIPVisionModel(CLIPVisionConfig(hidden_size=IMAGE_DIM, intermediate_size=37, num_hidden_layers=2,
+                                               num_attention_heads=4, image_size=32, patch_size=8, projection_dim=32))
+    processor = CLIPImageProcessor(crop_size=32, size={"shortest_edge": 32})
+    WanImageToVideoPipeline(**_wan_common(), image_encoder=encoder, image_processor=processor,
+                            transformer=_wan_transformer(1, image=True)).save_pretrained(folder)
     return folder
 
 
@@ -75,6 +100,19 @@ def flux_schnell(folder: Path) -> Path:
                                            pooled_projection_dim=32, axes_dims_rope=[4, 4, 8], guidance_embeds=False),
     ).save_pretrained(folder)
     return folder
+
+
+def wan21_480p_4step_preset_file(folder: Path) -> Path:
+    """wan2.1-i2v-480p-4step as a preset file on the reduced checkpoints, with a synthetic I2V LoRA (image
+    cross-attention included) in the original Wan key layout in place of lightx2v's."""
+    fields = load_preset("wan2.1-i2v-480p-4step").model_dump(mode="json")
+    lora = write_wan_lora(folder / "i2v_4step.safetensors", blocks=WAN_BLOCKS, dim=WAN_DIM, ffn=WAN_FFN, image=True)
+    fields.update(name="wan2.1-i2v-480p-4step-cpu", i2v_model=str(wan21_i2v(folder / "i2v")),
+                  t2i_model=str(flux_schnell(folder / "t2i")), loras=[{"source": str(lora)}],
+                  t2i_max_sequence_length=32)
+    path = folder / "wan2.1-i2v-480p-4step-cpu.yaml"
+    path.write_text(yaml.safe_dump(fields))
+    return path
 
 
 def wan22_4step_preset_file(folder: Path) -> Path:

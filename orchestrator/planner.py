@@ -84,9 +84,9 @@ def fit_segments(total: int, mode: str, overlap_frames: int, max_len: int, prese
 
 def _check(request: RenderRequest, preset: Preset, mode: str, width: int, height: int, max_len: int) -> None:
     if mode not in preset.modes:
-        raise ValueError(
-            f"mode {mode!r} needs a first-last-frame model; preset {preset.name!r} supports: {', '.join(preset.modes)}"
-        )
+        need = ("conditions every segment on a first and a last frame" if preset.requires_last_frame
+                else "needs a first-last-frame model")
+        raise ValueError(f"mode {mode!r} {need}; preset {preset.name!r} supports: {', '.join(preset.modes)}")
     for name, value in (("width", width), ("height", height)):
         if value % preset.spatial_multiple:
             raise ValueError(
@@ -216,5 +216,8 @@ def _conditioning(mode: str, i: int, starts: list[int], lengths: list[int],
 
 
 def default_mode(preset: Preset, workers: int) -> str:
-    """`bridge` when several workers can share the work and the preset can bridge, else `chain`."""
+    """`bridge` when several workers can share the work and the preset can bridge, else `chain`; `keyframes`
+    for a preset that renders nothing else."""
+    if preset.modes == ("keyframes",):
+        return "keyframes"
     return "bridge" if workers > 1 and "bridge" in preset.modes else "chain"

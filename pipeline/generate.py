@@ -163,6 +163,8 @@ class SegmentGenerator:
         """
         if request.last is not None and not self.preset.supports_last_frame:
             raise ValueError(f"preset {self.preset.name!r} cannot condition on a last frame")
+        if request.last is None and self.preset.requires_last_frame:
+            raise ValueError(f"preset {self.preset.name!r} conditions every segment on a first and a last frame")
         steps = request.steps or self.preset.steps
         pins = self._condition_latents(request) if self.preset.pin_conditioned_frames else {}
 

@@ -20,7 +20,7 @@ EMBEDDED_PREFIX = "embedded://"
 # Version of the embedded checkpoints that pipeline/tiny.py builds (its cache folder is tiny-VERSION). Bump it
 # when that module's architecture or initialisation changes: old caches are then ignored, and jobs rendered
 # with them are not resumed with the new weights. Kept here, free of torch, so plans can name it.
-TINY_VERSION = "v4"
+TINY_VERSION = "v5"
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -170,6 +170,10 @@ class Preset(BaseModel):
     default_width: int = Field(ge=1, description="Default width in pixels.")
     default_height: int = Field(ge=1, description="Default height in pixels.")
     supports_last_frame: bool = Field(description="Whether the I2V model takes a last-frame condition.")
+    requires_last_frame: bool = Field(
+        False, description="Whether every segment must have a last frame too (a model trained only on first-last "
+                           "pairs, whose image embedding has positions for two frames): keyframes mode only."
+    )
     pin_conditioned_frames: bool = Field(
         False,
         description="Replace the conditioned latent frames with the encoded first/last image after every "
@@ -243,6 +247,8 @@ class Preset(BaseModel):
 
     @model_validator(mode="after")
     def _check_sampler(self) -> Preset:
+        if self.requires_last_frame and not self.supports_last_frame:
+            raise ValueError("requires_last_frame needs supports_last_frame")
         if (self.scheduler == "few_step_euler") != (self.flow_shift is not None):
             raise ValueError("flow_shift is set exactly when scheduler is few_step_euler")
         for lora in self.loras:
@@ -253,6 +259,8 @@ class Preset(BaseModel):
     @property
     def modes(self) -> tuple[ContinuityMode, ...]:
         """Continuity modes this preset can render."""
+        if self.requires_last_frame:
+            return ("keyframes",)
         return ("chain", "keyframes", "bridge") if self.supports_last_frame else ("chain",)
 
     def keyframe_sampling(self, steps: int, guidance: float) -> tuple[int, float]:

@@ -25,11 +25,11 @@ TEXT_DIM = 32
 IMAGE_DIM = 32
 
 
-def _wan_transformer(seed: int, image: bool = False):
+def _wan_transformer(seed: int, image: bool = False, image_positions: int | None = None):
     from diffusers import WanTransformer3DModel
 
     torch.manual_seed(seed)
-    clip = dict(image_dim=IMAGE_DIM, added_kv_proj_dim=WAN_DIM) if image else {}
+    clip = dict(image_dim=IMAGE_DIM, added_kv_proj_dim=WAN_DIM, pos_embed_seq_len=image_positions) if image else {}
     return WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=WAN_HEADS, attention_head_dim=WAN_DIM // WAN_HEADS,
         in_channels=36, out_channels=16, text_dim=TEXT_DIM, freq_dim=256, ffn_dim=WAN_FFN, num_layers=WAN_BLOCKS,
@@ -62,18 +62,52 @@ def wan22_i2v_a14b(folder: Path) -> Path:
     return folder
 
 
-def wan21_i2v(folder: Path) -> Path:
-    """Wan 2.1 I2V 14B's pipeline layout: one transformer with image cross-attention over a CLIP vision tower's
-    penultimate hidden states (CLIPImageProcessor in front)."""
-    from diffusers import WanImageToVideoPipeline
+def _clip(seed: int) -> dict:
+    """A CLIP vision tower (its penultimate hidden states condition the image cross-attention) and its processor."""
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
-    torch.manual_seed(3)
+    torch.manual_seed(seed)
     encoder = CLIPVisionModel(CLIPVisionConfig(hidden_size=IMAGE_DIM, intermediate_size=37, num_hidden_layers=2,
                                                num_attention_heads=4, image_size=32, patch_size=8, projection_dim=32))
-    processor = CLIPImageProcessor(crop_size=32, size={"shortest_edge": 32})
-    WanImageToVideoPipeline(**_wan_common(), image_encoder=encoder, image_processor=processor,
-                            transformer=_wan_transformer(1, image=True)).save_pretrained(folder)
+    return dict(image_encoder=encoder, image_processor=CLIPImageProcessor(crop_size=32, size={"shortest_edge": 32}))
+
+
+def wan21_i2v(folder: Path) -> Path:
+    """Wan 2.1 I2V 14B's pipeline layout: one transformer with image cross-attention over CLIP features."""
+    from diffusers import WanImageToVideoPipeline
+
+    WanImageToVideoPipeline(**_wan_common(), **_clip(3), transformer=_wan_transformer(1, image=True)).save_pretrained(
+        folder)
+    return folder
+
+
+def wan21_flf2v(folder: Path) -> Path:
+    """Wan 2.1 FLF2V 14B's layout: Wan 2.1 I2V whose image embedding has positions for two CLIP images (the first
+    and the last frame: 2 x 17 tokens here, 2 x 257 in the real model)."""
+    from diffusers import WanImageToVideoPipeline
+
+    transformer = _wan_transformer(1, image=True, image_positions=2 * ((32 // 8) ** 2 + 1))
+    WanImageToVideoPipeline(**_wan_common(), **_clip(3), transformer=transformer).save_pretrained(folder)
+    return folder
+
+
+def wan22_ti2v_5b(folder: Path) -> Path:
+    """Wan 2.2 TI2V 5B's layout: the Wan 2.2 VAE (z_dim 48, 16x spatial stride, patchified, residual), one
+    transformer over its latents, and expand_timesteps (the first latent frame's tokens get timestep 0)."""
+    from diffusers import AutoencoderKLWan, WanImageToVideoPipeline, WanTransformer3DModel
+
+    common = _wan_common()
+    common["vae"] = AutoencoderKLWan(base_dim=4, decoder_base_dim=8, z_dim=48, dim_mult=[1, 1, 1, 1],
+                                     num_res_blocks=1, temperal_downsample=[False, True, True], is_residual=True,
+                                     in_channels=12, out_channels=12, patch_size=2, scale_factor_temporal=4,
+                                     scale_factor_spatial=16, latents_mean=[0.0] * 48, latents_std=[1.0] * 48)
+    torch.manual_seed(1)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=WAN_HEADS, attention_head_dim=WAN_DIM // WAN_HEADS,
+        in_channels=48, out_channels=48, text_dim=TEXT_DIM, freq_dim=256, ffn_dim=WAN_FFN, num_layers=WAN_BLOCKS,
+        cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+    )
+    WanImageToVideoPipeline(**common, transformer=transformer, expand_timesteps=True).save_pretrained(folder)
     return folder
 
 
@@ -102,31 +136,31 @@ def flux_schnell(folder: Path) -> Path:
     return folder
 
 
-def wan21_480p_4step_preset_file(folder: Path) -> Path:
-    """wan2.1-i2v-480p-4step as a preset file on the reduced checkpoints, with a synthetic I2V LoRA (image
-    cross-attention included) in the original Wan key layout in place of lightx2v's."""
-    fields = load_preset("wan2.1-i2v-480p-4step").model_dump(mode="json")
-    lora = write_wan_lora(folder / "i2v_4step.safetensors", blocks=WAN_BLOCKS, dim=WAN_DIM, ffn=WAN_FFN, image=True)
-    fields.update(name="wan2.1-i2v-480p-4step-cpu", i2v_model=str(wan21_i2v(folder / "i2v")),
-                  t2i_model=str(flux_schnell(folder / "t2i")), loras=[{"source": str(lora)}],
-                  t2i_max_sequence_length=32)
-    path = folder / "wan2.1-i2v-480p-4step-cpu.yaml"
-    path.write_text(yaml.safe_dump(fields))
-    return path
+I2V_BUILDERS = {
+    "wan2.1-i2v-480p": wan21_i2v, "wan2.1-i2v-720p": wan21_i2v, "wan2.1-i2v-480p-4step": wan21_i2v,
+    "wan2.1-flf2v-720p": wan21_flf2v, "wan2.2-i2v-a14b": wan22_i2v_a14b, "wan2.2-i2v-a14b-4step": wan22_i2v_a14b,
+    "wan2.2-ti2v-5b": wan22_ti2v_5b,
+}
 
 
-def wan22_4step_preset_file(folder: Path) -> Path:
-    """wan2.2-i2v-a14b-4step as a preset file on the reduced checkpoints, with a synthetic high/low-noise LoRA
-    pair in the original Wan key layout (as lightx2v ships them) in place of the hub files."""
-    fields = load_preset("wan2.2-i2v-a14b-4step").model_dump(mode="json")
-    high = write_wan_lora(folder / "high_noise.safetensors", blocks=WAN_BLOCKS, dim=WAN_DIM, ffn=WAN_FFN, seed=1)
-    low = write_wan_lora(folder / "low_noise.safetensors", blocks=WAN_BLOCKS, dim=WAN_DIM, ffn=WAN_FFN, seed=2)
+def synthetic_lora(folder: Path, name: str, seed: int, image: bool = False) -> Path:
+    """A LoRA for the reduced Wan transformers in the original Wan key layout (as lightx2v and Kijai ship them)."""
+    return write_wan_lora(folder / f"{name}.safetensors", blocks=WAN_BLOCKS, dim=WAN_DIM, ffn=WAN_FFN, seed=seed,
+                          image=image)
+
+
+def preset_file(name: str, folder: Path) -> Path:
+    """Shipped preset `name` as a preset file on reduced checkpoints built in `folder`; each LoRA the preset
+    fuses (lightx2v's, on the hub) is replaced by a synthetic one of the same target."""
+    fields = load_preset(name).model_dump(mode="json")
+    image = I2V_BUILDERS[name] in (wan21_i2v, wan21_flf2v)
     fields.update(
-        name="wan2.2-i2v-a14b-4step-cpu",
-        i2v_model=str(wan22_i2v_a14b(folder / "i2v")), t2i_model=str(flux_schnell(folder / "t2i")),
-        loras=[{"source": str(high), "target": "transformer"}, {"source": str(low), "target": "transformer_2"}],
+        name=f"{name}-cpu", i2v_model=str(I2V_BUILDERS[name](folder / "i2v")),
+        t2i_model=str(flux_schnell(folder / "t2i")),
+        loras=[{"source": str(synthetic_lora(folder, f"{lora['target']}_lora", i + 1, image)), "target": lora["target"]}
+               for i, lora in enumerate(fields["loras"])],
         t2i_max_sequence_length=32,
     )
-    path = folder / "wan2.2-i2v-a14b-4step-cpu.yaml"
+    path = folder / f"{name}-cpu.yaml"
     path.write_text(yaml.safe_dump(fields))
     return path

@@ -207,3 +207,13 @@ def test_keyframe_sampling_is_resolved_once_in_the_plan():
     assert (plan.steps, plan.guidance, plan.keyframe_steps, plan.keyframe_guidance) == (6, 1.0, 12, 3.0)
     plan = plan_render(RenderRequest(prompt="a fox", preset=distilled.name, duration_s=2, mode="bridge"), distilled)
     assert (plan.steps, plan.guidance, plan.keyframe_steps, plan.keyframe_guidance) == (4, 1.0, 4, 0.0)
+
+
+def test_a_preset_that_needs_a_last_frame_plans_keyframes_only():
+    flf2v = load_preset("wan2.1-flf2v-720p")
+    assert flf2v.modes == ("keyframes",) and default_mode(flf2v, 1) == default_mode(flf2v, 8) == "keyframes"
+    plan = plan_render(RenderRequest(prompt="a fox", preset=flf2v.name, duration_s=10, mode="keyframes"), flf2v)
+    assert all(s.last is not None for s in plan.segments)
+    for mode in ("chain", "bridge"):
+        with pytest.raises(ValueError, match=f"mode '{mode}' conditions every segment on a first and a last frame"):
+            plan_render(RenderRequest(prompt="a fox", preset=flf2v.name, duration_s=10, mode=mode), flf2v)

@@ -161,3 +161,20 @@ def test_a_preset_file_with_a_lora_and_the_few_step_sampler_renders(tiny_cache, 
                                               first=first, steps=4))
     assert frames.shape == (9, 128, 128, 3)
     torch.testing.assert_close(generator.i2v.scheduler.timesteps, torch.tensor([1000.0, 937.5, 2500 / 3, 625.0]))
+
+
+def test_a_hub_lora_that_is_not_cached_offline_says_how_to_get_it(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from pipeline.loras import lora_file
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    lora = LoraSpec(source="lightx2v/Wan2.1-Distill-Loras",
+                    weight_name="wan2.1_i2v_lora_rank64_lightx2v_4step.safetensors")
+    with pytest.raises(LoraUnavailable) as err:
+        lora_file(lora)
+    message = str(err.value)
+    assert message.startswith(f"LoRA {lora.source}/{lora.weight_name}: not in the Hugging Face cache")
+    assert "\n" not in message
+    assert message.endswith(f"hf download {lora.source} {lora.weight_name}")

@@ -110,6 +110,13 @@ def _render(args: argparse.Namespace) -> int:
 
     request, config = _request(args), _engine_config(args)
     preflight(config)  # a missing checkpoint or a broken LoRA fails before a job directory or Ray exists
+    if request.mode is not None and not args.resume:
+        # A request the planner refuses (sizes, overlaps, modes) fails before Ray too. Without --mode the mode
+        # follows the pool's size, known once the pool has started: the engine plans it then.
+        from orchestrator.planner import plan_render
+        from pipeline.presets import load_preset
+
+        plan_render(request, load_preset(request.preset))
     job, request = _open_job(args, request)
     out = Path(args.out) if args.out else job.output
     output_format(out, config.stitch.codec)  # a codec/container mismatch fails before Ray starts

@@ -1,4 +1,5 @@
-"""`minutereel render --lora` through the real CLI and Ray on the embedded model: a LoRA in the original Wan key
+"""`minutereel render --lora` through the real CLI and Ray on the embedded model (and what render refuses before Ray):
+a LoRA in the original Wan key
 layout changes the video and names the job's weights; a broken one stops the command with one line."""
 
 import json
@@ -78,3 +79,14 @@ def test_a_missing_or_unreadable_lora_exits_2_naming_it(tiny_cache, tmp_path, mo
     err = capsys.readouterr().err
     assert err.startswith(f"minutereel: LoRA {lora}: {reason}") and err.count("\n") == 1
     assert list(out.iterdir()) == []
+
+
+def test_a_request_the_planner_refuses_fails_before_a_job_or_ray(tiny_cache, tmp_path, monkeypatch, capsys):
+    from orchestrator.cli import main
+
+    monkeypatch.setenv("MINUTEREEL_CACHE", str(tiny_cache))
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")  # nothing listens there: reaching Ray would fail otherwise
+    job = tmp_path / "job"
+    assert main(["render", *FLAGS, "--segment-frames", "21", "--overlap", "8", "--job-dir", str(job)]) == 2
+    assert "overlap_frames 8 must be under a quarter of segment_frames 21" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

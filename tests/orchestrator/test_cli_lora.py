@@ -1,6 +1,6 @@
-"""`minutereel render --lora` through the real CLI and Ray on the embedded model (and what render refuses before Ray):
-a LoRA in the original Wan key
-layout changes the video and names the job's weights; a broken one stops the command with one line."""
+"""`minutereel render --lora` through the real CLI and Ray on the embedded model: a LoRA in the original Wan key
+layout changes the video and names the job's weights; a broken one, or a request the planner refuses, stops the
+command with one line before a job directory or Ray exists."""
 
 import json
 import os

@@ -33,6 +33,12 @@ class LoraUnavailable(ValueError):
     """A LoRA is missing, unreadable, or does not fit the transformer it targets. One line, naming the file."""
 
 
+def _reason(err: BaseException) -> str:
+    """The first line of an error's message (at most 200 characters), or its type when it has none."""
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
 def lora_file(lora: LoraSpec) -> Path:
     """The .safetensors file of `lora` on this machine (a hub file is downloaded into the Hugging Face cache)."""
     if lora.is_local:
@@ -48,9 +54,8 @@ def lora_file(lora: LoraSpec) -> Path:
     try:
         return Path(huggingface_hub.hf_hub_download(lora.source, weight_name))
     except OSError as err:  # every hub error: offline and not cached, no such repository or file, gated
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise LoraUnavailable(f"LoRA {lora.source}/{weight_name}: not in the Hugging Face cache and the hub did not "
-                              f"give it ({reason}); where the hub is reachable: hf download {lora.source} "
+                              f"give it ({_reason(err)}); where the hub is reachable: hf download {lora.source} "
                               f"{weight_name}") from err
 
 
@@ -70,7 +75,7 @@ def _header_state_dict(path: Path) -> dict[str, torch.Tensor]:
                     tensors[key] = torch.empty(shape, device="meta")
             return tensors
     except (SafetensorError, OSError, ValueError) as err:
-        raise LoraUnavailable(f"LoRA {path}: not a readable .safetensors file ({err})") from err
+        raise LoraUnavailable(f"LoRA {path}: not a readable .safetensors file ({_reason(err)})") from err
 
 
 def _diffusers_layers(path: Path, pipeline_cls: type) -> dict[str, dict[str, torch.Size]]:
@@ -82,7 +87,7 @@ def _diffusers_layers(path: Path, pipeline_cls: type) -> dict[str, dict[str, tor
         converted = pipeline_cls.lora_state_dict(state)
     except Exception as err:  # the converters raise bare ValueError/KeyError on layouts they do not know
         raise LoraUnavailable(f"LoRA {path}: not a LoRA layout {pipeline_cls.__name__} knows "
-                              f"({type(err).__name__}: {str(err)[:200] or 'no message'})") from err
+                              f"({type(err).__name__}: {_reason(err)})") from err
     layers: dict[str, dict[str, torch.Size]] = {}
     for key, tensor in converted.items():
         name = key.removeprefix("transformer.")
@@ -184,9 +189,7 @@ def fuse_loras(pipe, loras: tuple[LoraSpec, ...]) -> None:
             pipe.load_lora_weights(load_file(str(path)), adapter_name=name,
                                    load_into_transformer_2=lora.target == "transformer_2")
         except (ValueError, RuntimeError, KeyError) as err:
-            raise LoraUnavailable(f"LoRA {path}: diffusers cannot load it into {lora.target}: "
-                                  f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
-                                  ) from err
+            raise LoraUnavailable(f"LoRA {path}: diffusers cannot load it into {lora.target}: {_reason(err)}") from err
         pipe.fuse_lora(components=[lora.target], lora_scale=lora.scale, adapter_names=[name])
         pipe.unload_lora_weights()
         logger.info("fused LoRA %s into %s at scale %g", path, lora.target, lora.scale)

@@ -223,6 +223,29 @@ class JobRunner:
                 stills[segment.start_frame] = np.array(job.load_frames("segments", ref.index, mmap=True)[ref.frame])
         return [stills[frame] for frame in sorted(stills)]
 
+    def task_states(self, job_id: str) -> dict | None:
+        """The job's plan (JSON data) and, in plan order, each keyframe's and segment's state: done (its frames
+        exist), running (on a worker) or waiting; None until planned. KeyError if unknown."""
+        job = self.store.open(job_id)
+        try:
+            plan = job.plan()
+            done = {"keyframe": job.saved("keyframes"), "segment": job.saved("segments")}
+        except FileNotFoundError as err:  # deleted while being read
+            raise KeyError(job_id) from err
+        if plan is None:
+            return None
+        done["keyframe"] |= {spec.index for spec in plan.keyframes if spec.source == "image"}
+        run = self._runs.get(job_id)
+        tasks = self.engine.dispatcher.running_tasks(run) if run is not None else []
+        running = {(task.kind, task.spec.index) for _, task in tasks}
+
+        def state(kind: str, index: int) -> str:
+            return "done" if index in done[kind] else "running" if (kind, index) in running else "waiting"
+
+        return {"plan": plan.model_dump(mode="json"),
+                "keyframes": [state("keyframe", spec.index) for spec in plan.keyframes],
+                "segments": [state("segment", spec.index) for spec in plan.segments]}
+
     def first_image(self, job_id: str) -> bytes | None:
         """The first keyframe image uploaded with `job_id`, if any; KeyError if unknown."""
         path = self.store.open(job_id).dir / FIRST_IMAGE

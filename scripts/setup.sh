@@ -17,3 +17,20 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 .venv/bin/python -m pipeline.tiny > /dev/null
+# The studio page test (tests/test_studio.py) drives Debian's headless Chromium through its chromedriver; nothing
+# downloads a browser at run time. MINUTEREEL_NO_BROWSER=1 skips this step and that test.
+install_browser() {
+  local sudo=
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver > /dev/null 2>&1 \
+    || { $sudo apt-get update -qq > /dev/null \
+         && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver > /dev/null; }
+}
+if [ -z "${MINUTEREEL_NO_BROWSER:-}" ] && ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }; then
+  if ! command -v apt-get > /dev/null; then
+    echo "setup.sh: no apt-get: install Chromium and chromedriver as /usr/bin/chromium and /usr/bin/chromedriver" \
+         "(the studio page test needs them), or set MINUTEREEL_NO_BROWSER=1 to skip that test" >&2
+    exit 1
+  fi
+  install_browser || { echo "setup.sh: apt-get install chromium chromium-driver failed (see above)" >&2; exit 1; }
+fi

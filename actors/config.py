@@ -28,6 +28,10 @@ class ParallelConfig(BaseModel):
     task_timeout_s: float = Field(
         900.0, gt=0, description="A keyframe or segment running longer is stopped, its group rebuilt, and retried."
     )
+    group_restarts: int = Field(
+        2, ge=0, description="Times in a row a shard group that fails to start (a rank died, its load failed) is "
+                             "started again before the pool gives that group up."
+    )
     task_retries: int = Field(
         2, ge=0, description="Times a keyframe or segment is re-run on a rebuilt group after its group fails."
     )

@@ -8,7 +8,7 @@ import time
 import ray
 
 from actors.config import ParallelConfig
-from actors.shard import ShardGroup
+from actors.shard import ShardGroup, ShardRank, last_line
 from pipeline.config import ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -24,11 +24,44 @@ def cluster_devices(parallel: ParallelConfig) -> tuple[bool, int]:
     return False, int(resources.get("CPU", 1)) // (parallel.sp_degree * parallel.cpus_per_rank)
 
 
-class WorkerPool:
-    """Shard groups holding the same preset; the scheduler hands each idle group one task."""
+class GroupStart:
+    """One shard group on its way up: the refs of its start-up phases (placement, init_device, rendezvous,
+    load, warmup), polled without blocking. `attempt` counts the starts of this group slot in a row."""
 
-    def __init__(self, model: ModelConfig, parallel: ParallelConfig):
-        self.model, self.parallel = model, parallel
+    def __init__(self, group: ShardGroup, attempt: int, placement_timeout_s: float, clock=time.monotonic):
+        self.group, self.attempt = group, attempt
+        self.placement_timeout_s = placement_timeout_s
+        self.placed_by = clock() + placement_timeout_s
+        self.refs = group.start()
+        self.pending = set(self.refs)
+
+    @property
+    def placement_ref(self) -> ray.ObjectRef:
+        return self.refs[0]
+
+    def settle(self, ref: ray.ObjectRef) -> bool:
+        """Record that `ref` resolved; raise its error (a rank died, its load failed); True once all did."""
+        self.pending.discard(ref)
+        ray.get(ref)
+        return not self.pending
+
+    def overdue(self, now: float) -> RuntimeError | None:
+        """The error to fail this start with if its placement group is still not ready at `now`."""
+        if self.placement_ref in self.pending and now >= self.placed_by:
+            return self.group.placement_error(self.placement_timeout_s)
+        return None
+
+
+class WorkerPool:
+    """Shard groups holding the same preset; the scheduler hands each idle group one task.
+
+    Start-up tolerates a rank dying in any phase: such a group is shut down and started again, up to
+    `parallel.group_restarts` times in a row, like a group that breaks while rendering. `groups` holds the
+    live groups only (the dispatcher removes one while it is rebuilt and puts it back when ready).
+    """
+
+    def __init__(self, model: ModelConfig, parallel: ParallelConfig, rank_class: type[ShardRank] = ShardRank):
+        self.model, self.parallel, self.rank_class = model, parallel, rank_class
         self.use_gpu, fit = cluster_devices(parallel)
         self.size = parallel.workers or max(1, fit)
         if self.size > max(fit, 0):
@@ -39,25 +72,71 @@ class WorkerPool:
             )
         started = time.perf_counter()
         self.groups: list[ShardGroup] = []
+        starts = [self.begin_start(i) for i in range(self.size)]
         try:
-            for i in range(self.size):
-                self.groups.append(ShardGroup(i, model, parallel, self.use_gpu))
-            ray.get([ref for group in self.groups for ref in group.start()])
-        except Exception:
-            self.shutdown()  # free the devices of the groups that did start
+            self.groups = self._await(starts)
+        except BaseException:
+            for start in starts:  # free the devices of every group, started or not
+                start.group.shutdown()
             raise
-        logger.info("pool of %d group(s) ready in %.1fs", self.size, time.perf_counter() - started)
+        logger.info("pool of %d group(s) ready in %.1fs", len(self.groups), time.perf_counter() - started)
+
+    def begin_start(self, group_id: int, attempt: int = 1) -> GroupStart:
+        """Create group `group_id` and start its phases; nothing waits (poll the returned GroupStart)."""
+        group = ShardGroup(group_id, self.model, self.parallel, self.use_gpu, self.rank_class)
+        return GroupStart(group, attempt, self.parallel.placement_timeout_s)
+
+    def restart(self, start: GroupStart, err: Exception) -> GroupStart | None:
+        """After `start` failed with `err`: shut its group down and begin the next attempt, or None when
+        the slot has used its `group_restarts`."""
+        start.group.shutdown()
+        if start.attempt > self.parallel.group_restarts:
+            logger.error("shard group %d did not start after %d attempt(s): %s", start.group.group_id,
+                         start.attempt, last_line(err))
+            return None
+        logger.warning("shard group %d failed to start (attempt %d): %s; starting it again",
+                       start.group.group_id, start.attempt, last_line(err))
+        return self.begin_start(start.group.group_id, start.attempt + 1)
+
+    def _await(self, starts: list[GroupStart]) -> list[ShardGroup]:
+        """Wait until every start is ready or out of attempts; the ready groups in slot order. A placement
+        group that cannot be had is a RuntimeError at once (the cluster lacks the room; check `ray status`);
+        no group at all is a RuntimeError naming each slot's last failure."""
+        live, failures, waiting = [], {}, {ref: s for s in starts for ref in s.refs}
+        while waiting:
+            now, placing = time.monotonic(), []
+            for start in {id(s): s for s in waiting.values()}.values():
+                if (err := start.overdue(now)) is not None:
+                    raise err
+                if start.placement_ref in start.pending:
+                    placing.append(start.placed_by - now)
+            done, _ = ray.wait(list(waiting), num_returns=1, timeout=max(min(placing), 0.0) if placing else None)
+            for ref in done:
+                start = waiting.pop(ref, None)
+                if start is None:
+                    continue
+                try:
+                    if start.settle(ref):
+                        live.append(start.group)
+                    continue
+                except ray.exceptions.RayError as err:
+                    failures[start.group.group_id] = last_line(err)
+                    for other in start.refs:
+                        waiting.pop(other, None)
+                    if (fresh := self.restart(start, err)) is not None:
+                        starts.append(fresh)
+                        waiting.update((r, fresh) for r in fresh.refs)
+        if not live:
+            raise RuntimeError("no shard group could start: " + "; ".join(
+                f"group {i}: {cause}" for i, cause in sorted(failures.items())))
+        return sorted(live, key=lambda g: g.group_id)
 
     def rebuild(self, group: ShardGroup) -> ShardGroup:
-        """Replace a failed group with a fresh one (new actors, new process group), loaded and warm."""
+        """Replace a failed group with a fresh one (new actors, new process group), loaded and warm; blocks
+        (the dispatcher rebuilds asynchronously with `begin_start` instead)."""
         index = self.groups.index(group)
         group.shutdown()
-        fresh = ShardGroup(group.group_id, self.model, self.parallel, self.use_gpu)
-        try:
-            ray.get(fresh.start())
-        except Exception:
-            fresh.shutdown()
-            raise
+        fresh = self._await([self.begin_start(group.group_id)])[0]
         self.groups[index] = fresh
         logger.warning("rebuilt shard group %d", group.group_id)
         return fresh

@@ -155,21 +155,17 @@ class ShardRank:
 class ShardGroup:
     """`sp_degree` ShardRank actors placed together and driven in lockstep."""
 
-    def __init__(self, group_id: int, model: ModelConfig, parallel: ParallelConfig, use_gpu: bool):
-        self.group_id = group_id
+    def __init__(self, group_id: int, model: ModelConfig, parallel: ParallelConfig, use_gpu: bool,
+                 rank_class: type[ShardRank] = ShardRank):
+        """Reserve the placement group and create the ranks; nothing waits here (see `start`).
+        `rank_class`: ShardRank or a subclass (tests inject faults at a lifecycle phase with one)."""
+        self.group_id, self.closed = group_id, False
         degree = parallel.sp_degree
-        bundle = {"CPU": parallel.cpus_per_rank, **({"GPU": 1} if use_gpu else {})}
-        self.placement = placement_group([bundle] * degree, strategy="STRICT_PACK")
-        ready, _ = ray.wait([self.placement.ready()], timeout=parallel.placement_timeout_s)
-        if not ready:
-            remove_placement_group(self.placement)
-            raise RuntimeError(
-                f"shard group {group_id} could not get {degree} x {bundle} on one node within "
-                f"{parallel.placement_timeout_s:.0f}s; check `ray status` for free resources"
-            )
+        self.bundle = {"CPU": parallel.cpus_per_rank, **({"GPU": 1} if use_gpu else {})}
+        self.placement = placement_group([self.bundle] * degree, strategy="STRICT_PACK")
         # Lifecycle and render calls run one at a time, in order (the default group); cancel,
         # progress and health answer from the "control" group's threads while a segment renders.
-        actor_cls = ray.remote(concurrency_groups={"control": 2})(ShardRank)
+        actor_cls = ray.remote(concurrency_groups={"control": 2})(rank_class)
         self.ranks = [
             actor_cls.options(
                 num_cpus=parallel.cpus_per_rank, num_gpus=1 if use_gpu else 0,
@@ -183,14 +179,20 @@ class ShardGroup:
         return [getattr(rank, method).remote(*args) for rank in self.ranks]
 
     def start(self) -> list[ray.ObjectRef]:
-        """Refs that resolve once every rank has its device, its process group, its pipeline and a
-        warm first call. Blocks only for rank 0's rendezvous address."""
-        refs = self.call("init_device")
+        """Refs that resolve once the placement group is ready and every rank has its device, its process
+        group, its pipeline and a warm first call. Nothing blocks: rank 0's rendezvous address reaches the
+        other ranks as a ref, and each actor runs its calls in order, so each rank's phases follow one another."""
+        refs = [self.placement.ready(), *self.call("init_device")]
         if len(self.ranks) > 1:
-            rendezvous = ray.get(self.ranks[0].rendezvous.remote())
-            refs += self.call("init_distributed", rendezvous)
-        # An actor runs its calls in order, so each rank's phases follow one another.
+            refs += self.call("init_distributed", self.ranks[0].rendezvous.remote())
         return refs + self.call("load") + self.call("warmup")
+
+    def placement_error(self, waited_s: float) -> RuntimeError:
+        degree = len(self.ranks)
+        return RuntimeError(
+            f"shard group {self.group_id} could not get {degree} x {self.bundle} on one node within "
+            f"{waited_s:.0f}s; check `ray status` for free resources"
+        )
 
     def submit(self, method: str, *args) -> ray.ObjectRef:
         """Run a render call; the returned ref is rank 0's result (the frames).
@@ -215,19 +217,37 @@ class ShardGroup:
                 dead.append(rank)
         return dead
 
-    def diagnose(self, err: Exception) -> tuple[str, bool]:
-        """(a message naming the dead ranks, whether the group is broken and must be rebuilt).
+    def breaks_on(self, err: Exception) -> bool:
+        """Whether `err` from one of this group's calls leaves it unusable (it must be rebuilt), decided
+        without waiting on the ranks: a dead rank does, and so does any failure once ranks share a process
+        group (the survivors' collectives can no longer be trusted to line up)."""
+        return isinstance(err, ray.exceptions.RayActorError) or len(self.ranks) > 1
 
-        A dead rank, or any failure once ranks share a process group, breaks the group: the
-        survivors' collectives can no longer be trusted to line up.
-        """
+    def describe_failure(self, err: Exception) -> str:
+        """A one-line message naming the group, the rank whose actor died (when `err` says) and the cause."""
+        actor_id = getattr(err, "actor_id", None)
+        dead = [r for r, rank in enumerate(self.ranks) if actor_id and rank._actor_id.hex() == actor_id]
+        who = f" (rank {dead[0]} died)" if dead else ""
+        return f"shard group {self.group_id} failed{who}: {last_line(err)}"
+
+    def diagnose(self, err: Exception) -> tuple[str, bool]:
+        """(a message naming the dead ranks, whether the group is broken and must be rebuilt), probing every
+        rank's health for up to HEALTH_PROBE_S (blocks: diagnostics and tests, not the dispatcher)."""
         dead = self.dead_ranks()
         who = f"rank(s) {', '.join(map(str, dead))} died" if dead else "no rank died"
-        cause = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        broken = bool(dead) or isinstance(err, ray.exceptions.RayActorError) or len(self.ranks) > 1
-        return f"shard group {self.group_id} failed ({who}): {cause}", broken
+        return f"shard group {self.group_id} failed ({who}): {last_line(err)}", bool(dead) or self.breaks_on(err)
 
     def shutdown(self) -> None:
+        """Kill the ranks and free the placement group (a second call does nothing)."""
+        if self.closed:
+            return
+        self.closed = True
         for rank in self.ranks:
             ray.kill(rank)
         remove_placement_group(self.placement)
+
+
+def last_line(err: BaseException) -> str:
+    """The last line of an error's text (a remote traceback ends with the cause), or its type's name."""
+    text = str(err).strip()
+    return text.splitlines()[-1] if text else type(err).__name__

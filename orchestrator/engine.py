@@ -12,6 +12,7 @@ from pathlib import Path
 import ray
 
 from actors.pool import WorkerPool
+from actors.shard import ShardRank
 from orchestrator.config import EngineConfig
 from orchestrator.jobs import Job, JobProgress
 from orchestrator.plan import RenderPlan
@@ -66,13 +67,14 @@ def preflight(config: EngineConfig) -> None:
 class RenderEngine:
     """Holds a started WorkerPool for one preset; `render` runs requests on it."""
 
-    def __init__(self, config: EngineConfig):
+    def __init__(self, config: EngineConfig, rank_class: type[ShardRank] = ShardRank):
+        """`rank_class`: the pool's ShardRank class (a subclass injects faults in tests)."""
         self.config = config
         self.preset = load_preset(config.model.preset)
         self.weights = weights_id(self.preset, config.model.quantize, config.model.loras)
         preflight(config)
         connect_ray(config.ray_address)
-        self.pool = WorkerPool(config.model, config.parallel)
+        self.pool = WorkerPool(config.model, config.parallel, rank_class)
         self.dispatcher = Dispatcher(self.pool)
 
     def resolve(self, request: RenderRequest) -> RenderRequest:

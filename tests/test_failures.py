@@ -82,3 +82,26 @@ def test_restarted_runner_resumes_unfinished_jobs(ray_cluster, tiny_cache, tmp_p
     assert {name: (segments / name).stat().st_mtime_ns for name in kept} == kept  # saved work was not redone
     resumed, clean = (read_video(tmp_path / "jobs" / j / "output.mp4")[0] for j in (job_id, clean_id))
     np.testing.assert_array_equal(resumed, clean)
+
+
+def test_render_survives_a_worker_killed_while_the_pool_loads(ray_cluster, tiny_cache, tmp_path):
+    from faults import deaths, rank_dying_in
+
+    from orchestrator.engine import RenderEngine
+    from pipeline.video_io import read_video
+
+    config = EngineConfig(model=ModelConfig(cache_dir=tiny_cache), parallel=ParallelConfig(workers=2))
+    request = RenderRequest(prompt="a fox", duration_s=4.0, mode="bridge", segment_frames=21, overlap_frames=4)
+    marker = tmp_path / "killed"
+    engine = RenderEngine(config, rank_class=rank_dying_in("load", 0, marker))
+    try:
+        assert len(deaths(marker)) == 1 and len(engine.pool.groups) == 2
+        survived = read_video(engine.render(request, tmp_path / "survived.mp4").path)[0]
+    finally:
+        engine.shutdown()
+    clean_engine = RenderEngine(config)
+    try:
+        clean = read_video(clean_engine.render(request, tmp_path / "clean.mp4").path)[0]
+    finally:
+        clean_engine.shutdown()
+    np.testing.assert_array_equal(survived, clean)

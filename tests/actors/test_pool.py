@@ -106,3 +106,30 @@ def test_int8_render_through_ray(ray_cluster, tiny_cache, tmp_path):
     frames, info = read_video(result.path)
     assert info.frames == 32 and frames.reshape(32, -1).std(axis=1).min() > 10
     assert rank["quantize"] == "int8" and rank["quantized_components"] == ["transformer", "text_encoder"]
+
+
+@pytest.mark.parametrize(("phase", "rank"), [("init_device", 1), ("init_distributed", 0), ("load", 1),
+                                             ("warmup", 0)])
+def test_pool_start_survives_a_rank_killed_in_any_phase(ray_cluster, tiny_cache, tmp_path, phase, rank):
+    from faults import deaths, rank_dying_in
+
+    parallel = ParallelConfig(workers=1, sequence=SequenceParallelConfig(degree=2, collective_timeout_s=30))
+    marker = tmp_path / "killed"
+    pool = WorkerPool(ModelConfig(cache_dir=tiny_cache), parallel, rank_dying_in(phase, rank, marker))
+    try:
+        (victim,) = deaths(marker)
+        ranks = pool.health()[0]["ranks"]
+        assert victim not in [r["pid"] for r in ranks]
+        assert [(r["rank"], r["load_count"]) for r in ranks] == [(0, 1), (1, 1)]
+    finally:
+        pool.shutdown()
+
+
+def test_pool_whose_group_never_starts_fails_with_the_cause(ray_cluster, tiny_cache, tmp_path):
+    from faults import deaths, rank_dying_in
+
+    parallel = ParallelConfig(workers=1, group_restarts=1)
+    marker = tmp_path / "killed"
+    with pytest.raises(RuntimeError, match=r"no shard group could start: group 0: .*(died|exited)") as failure:
+        WorkerPool(ModelConfig(cache_dir=tiny_cache), parallel, rank_dying_in("load", 0, marker, times=5))
+    assert len(deaths(marker)) == 2, failure.value  # the first start and one restart

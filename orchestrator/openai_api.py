@@ -265,6 +265,28 @@ def video_object(job: dict) -> dict:
     }
 
 
+def video_plan(video_id: str, states: dict) -> dict:
+    """A video's timeline from JobRunner `task_states`: its plan's keyframes and segments, in output frames and
+    seconds, each with its state (done, running or waiting). An extension's plan covers only its added frames."""
+    plan = states["plan"]
+    fps = plan["fps"]
+    keyframes = [{"index": spec["index"], "frame": spec["frame"], "at_s": round(spec["frame"] / fps, 3),
+                  "prompt": spec["prompt"], "source": spec["source"], "state": state}
+                 for spec, state in zip(plan["keyframes"], states["keyframes"], strict=True)]
+    segments = [{"index": spec["index"], "start_frame": spec["start_frame"],
+                 "end_frame": min(spec["start_frame"] + spec["num_frames"], plan["total_frames"]),
+                 "wave": spec["wave"], "prompt": spec["prompt"], "state": state}
+                for spec, state in zip(plan["segments"], states["segments"], strict=True)]
+    return {"object": "video.plan", "id": video_id, "mode": plan["mode"], "fps": fps,
+            "total_frames": plan["total_frames"], "steps": plan["steps"], "keyframes": keyframes,
+            "segments": segments}
+
+
+def model_list(preset: str) -> dict:
+    """OpenAI's model list: the one preset a server renders."""
+    return {"object": "list", "data": [{"id": preset, "object": "model", "created": 0, "owned_by": "minutereel"}]}
+
+
 def video_list(page: dict) -> dict:
     """A page of `list_jobs` as the OpenAI list object the SDK's cursor page reads."""
     data = [video_object(job) for job in page["data"]]

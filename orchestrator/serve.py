@@ -6,6 +6,8 @@ awaits a short call on the runner. The official `openai` SDK works against it un
 
     serve run orchestrator.serve:build_app jobs_root=/data/jobs      # or: minutereel serve
     serve deploy configs/serve.yaml
+
+`GET /` is the studio page (orchestrator/static/): plain HTML and JS over the same API.
 """
 
 import asyncio
@@ -42,6 +44,11 @@ MAX_VIDEO_BYTES = 256 * 2**20  # a video uploaded to be extended
 MAX_STILLS = 64  # a spritesheet shows at most this many stills, evenly chosen
 SPRITESHEET_COLUMNS = 8
 TOKEN_ENV = "MINUTEREEL_API_TOKEN"
+STATIC = Path(__file__).with_name("static")
+STUDIO_FILES = {"studio.js": "text/javascript", "studio.css": "text/css"}
+# The page and its files hold no data (a browser cannot send a bearer token when it navigates); every
+# request the page makes for data carries the token typed into it.
+OPEN_PATHS = frozenset({"/healthz", "/", *(f"/studio/{name}" for name in STUDIO_FILES)})
 
 
 class ServeSettings(BaseModel):
@@ -233,11 +240,12 @@ def spritesheet(stills: list[np.ndarray]) -> np.ndarray:
 
 @app.middleware("http")
 async def require_token(request: Request, call_next):
-    """With an api_token set, every route but /healthz needs `Authorization: Bearer <token>`."""
+    """With an api_token set, every route but /healthz and the studio page's files needs `Authorization: Bearer
+    <token>`."""
     # Serve runs a frozen copy of `app` in each replica, out of the deployment's reach; build_app
     # hands the token to the replica process through its environment instead.
     token = os.environ.get(TOKEN_ENV)
-    if token and request.url.path != "/healthz":
+    if token and request.url.path not in OPEN_PATHS:
         given = request.headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             err = oa.APIError(401, "missing or wrong bearer token (Authorization: Bearer <token>)",
@@ -390,6 +398,34 @@ class RenderAPI:
             raise _not_found(video_id) from err
         return await self._submit(RenderRequest.model_validate(kept), image=image,
                                   annotations={"remixed_from_video_id": video_id})
+
+    @app.get("/v1/videos/{video_id}/plan")
+    async def video_plan(self, video_id: str) -> dict:
+        """minutereel: the timeline, every keyframe and segment of the plan (frames and seconds) with its state now:
+        done, running or waiting (409 until planned)."""
+        try:
+            states = await self.runner.task_states.remote(video_id)
+        except KeyError as err:
+            raise _not_found(video_id) from err
+        if states is None:
+            raise oa.APIError(409, f"video {video_id} is not planned yet; poll it", code="video_not_ready")
+        return oa.video_plan(video_id, states)
+
+    @app.get("/v1/models")
+    async def list_models(self) -> dict:
+        """The presets this server renders (the one it loaded), as OpenAI's model list."""
+        return oa.model_list(self.settings.model.preset)
+
+    @app.get("/", include_in_schema=False)
+    async def studio(self) -> FileResponse:
+        """The studio page: write a prompt or storyboard, submit, watch the timeline, play the result."""
+        return FileResponse(STATIC / "studio.html", media_type="text/html")
+
+    @app.get("/studio/{name}", include_in_schema=False)
+    async def studio_file(self, name: str) -> FileResponse:
+        if name not in STUDIO_FILES:
+            raise oa.APIError(404, f"no studio file {name!r}", code="not_found")
+        return FileResponse(STATIC / name, media_type=STUDIO_FILES[name])
 
     @app.get("/v1/videos/{video_id}/events")
     async def events(self, video_id: str) -> StreamingResponse:

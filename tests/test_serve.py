@@ -1,5 +1,6 @@
 """The Ray Serve app over real HTTP, in the OpenAI Videos API shape: the official openai SDK as the client,
-plus progress events, cancel and delete, 429, errors in the OpenAI shape, extension, remix and metrics."""
+plus progress events, cancel and delete, 429, errors in the OpenAI shape, extension, remix, metrics, and the
+studio page in headless Chromium."""
 
 import base64
 import io
@@ -27,6 +28,9 @@ from pipeline.video_io import read_video
 MAX_ACTIVE = 2
 TOKEN = "test-token"
 BALL = "a red ball moving right on a blue background"
+SQUARE = "a big green square moving up on a white background"
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # Debian's chromium, chromium-driver
+NO_BROWSER = "MINUTEREEL_NO_BROWSER"  # set: skip the page test (scripts/setup.sh then installs no browser)
 
 
 def _free_port():
@@ -408,8 +412,8 @@ def test_openapi_describes_every_request_field(api):
     create = schema["paths"]["/v1/videos"]["post"]["requestBody"]["content"]
     assert {"application/json", "multipart/form-data"} <= set(create)
     assert {"/v1/videos", "/v1/videos/{video_id}", "/v1/videos/{video_id}/content", "/v1/videos/extensions",
-            "/v1/videos/{video_id}/remix", "/v1/videos/{video_id}/events", "/metrics", "/healthz"} <= set(
-        schema["paths"])
+            "/v1/videos/{video_id}/remix", "/v1/videos/{video_id}/events", "/v1/videos/{video_id}/plan", "/v1/models",
+            "/metrics", "/healthz"} <= set(schema["paths"])
 
 
 def _png_header_only(width: int, height: int) -> bytes:
@@ -455,13 +459,20 @@ def test_uploaded_image_is_the_first_keyframe(api):
     assert Path(plan["keyframes"][0]["image"]).read_bytes() == upload
 
 
-def test_token_guards_every_route_but_healthz(api):
+def test_token_guards_every_route_but_healthz_and_the_page(api):
     client, _ = api
     bare = httpx.Client(base_url=client.base_url, timeout=30)
     assert bare.get("/healthz").status_code == 200
+    for path, kind in (("/", "text/html"), ("/studio/studio.js", "text/javascript"),
+                       ("/studio/studio.css", "text/css")):
+        response = bare.get(path)  # a browser cannot send the token when it navigates; the page holds no data
+        assert response.status_code == 200 and response.headers["content-type"].startswith(kind), path
+    assert bare.get("/studio/serve.py").status_code == 401  # only the page's own files are open
+    assert client.get("/studio/serve.py").status_code == 404
     for method, path in (("GET", "/v1/videos/abc"), ("POST", "/v1/videos"), ("GET", "/openapi.json"),
                          ("GET", "/v1/videos"), ("DELETE", "/v1/videos/abc"), ("GET", "/v1/videos/abc/content"),
-                         ("POST", "/v1/videos/extensions"), ("GET", "/metrics")):
+                         ("POST", "/v1/videos/extensions"), ("GET", "/metrics"), ("GET", "/v1/videos/abc/plan"),
+                         ("GET", "/v1/models"), ("GET", "/v1/videos/abc/events")):
         response = bare.request(method, path, json={"prompt": "x"} if method == "POST" else None)
         assert _error(response, 401)["code"] == "invalid_api_key", (method, path)
     wrong = bare.get("/v1/videos/abc", headers={"Authorization": "Bearer nope"})
@@ -501,3 +512,119 @@ def test_ingress_and_runner_are_pinned_to_the_head_node(api):
     pinned = [a for a in alive if "RenderAPI" in a.class_name or a.name == "test-runner"]
     assert len(pinned) == 2, [(a.class_name, a.name) for a in alive]
     assert all("node:__internal_head__" in a.required_resources for a in pinned)
+
+
+@pytest.fixture
+def browser(monkeypatch):
+    """Debian's headless Chromium through its own chromedriver, both given by path: Selenium Manager, which
+    would download a browser, never runs. Missing is a failure (scripts/setup.sh installs them) unless
+    MINUTEREEL_NO_BROWSER is set."""
+    if os.environ.get(NO_BROWSER):
+        pytest.skip(f"{NO_BROWSER} is set")
+    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
+    assert not missing, (f"{missing} missing: run scripts/setup.sh (apt-get install chromium chromium-driver), or "
+                         f"set {NO_BROWSER}=1 to skip this test")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    monkeypatch.setenv("SE_OFFLINE", "true")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900",
+                     "--autoplay-policy=no-user-gesture-required", "--disable-gpu"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    yield driver
+    driver.quit()
+
+
+TIMELINE_JS = """return {status: document.getElementById('status').textContent,
+    progress: document.getElementById('progress').value,
+    segments: [...document.querySelectorAll('#timeline .segment')].map(e => e.dataset.state),
+    keyframes: [...document.querySelectorAll('#timeline .keyframe')].map(e => e.dataset.state)};"""
+
+
+def _watch_page(driver, timeout_s=180) -> list[dict]:
+    """What the page's status, progress and timeline show, sampled until the video ends."""
+    seen = []
+    deadline = time.monotonic() + timeout_s
+    while not seen or seen[-1]["status"] not in ("completed", "failed", "cancelled"):
+        assert time.monotonic() < deadline, seen[-1:]
+        seen.append(driver.execute_script(TIMELINE_JS))
+        time.sleep(0.05)
+    return seen
+
+
+def test_studio_page_renders_a_storyboard_and_plays_it(api, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    client, jobs = api
+
+    def until(condition, timeout_s=60):
+        return WebDriverWait(browser, timeout_s, poll_frequency=0.05).until(lambda driver: condition())
+
+    def field(element_id):
+        return browser.find_element(By.ID, element_id)
+
+    browser.get(str(client.base_url))
+    until(lambda: "bearer token" in field("jobs-error").text)  # the page's API calls answer 401 without it
+    field("token").send_keys(TOKEN, Keys.TAB)
+    until(lambda: field("jobs-error").text == "" and field("model").get_attribute("value") == "tiny")
+
+    first = tmp_path / "ball.png"
+    first.write_bytes(_png(_first_frame(BALL)))
+    field("prompt").send_keys(BALL)
+    field("add-shot").click()
+    shot = browser.find_element(By.CSS_SELECTOR, "#shots .shot")
+    shot.find_element(By.CLASS_NAME, "at").send_keys(Keys.BACKSPACE, "1.5")
+    shot.find_element(By.CLASS_NAME, "shot-prompt").send_keys(SQUARE)
+    field("image").send_keys(str(first))
+    field("mode").send_keys("chain")
+    for element_id, value in (("seconds", "3"), ("segment-frames", "21"), ("overlap-frames", "4")):
+        field(element_id).clear()
+        field(element_id).send_keys(value)
+    field("submit").click()
+
+    seen = _watch_page(browser)
+    video_id = field("job-id").text
+    assert seen[-1]["status"] == "completed", (seen[-1], field("job-error").text)
+    request = json.loads((jobs / video_id / "request.json").read_text())
+    assert [request[name] for name in ("prompt", "mode", "duration_s", "segment_frames", "overlap_frames")] == [
+        BALL, "chain", 3.0, 21, 4]
+    assert request["storyboard"] == [{"at_s": 1.5, "prompt": SQUARE, "image": None}]
+    plan = json.loads((jobs / video_id / "plan.json").read_text())
+    assert plan["keyframes"][0]["source"] == "image"  # the uploaded first frame
+    progress = [sample["progress"] for sample in seen]
+    assert progress == sorted(progress) and 0 < max(progress[:-1], default=0) < 100 and progress[-1] == 100
+    shown = [sample for sample in seen if sample["segments"]]
+    assert {len(sample["segments"]) for sample in shown} == {len(plan["segments"])} and len(plan["segments"]) >= 3
+    assert {len(sample["keyframes"]) for sample in shown} == {len(plan["keyframes"])}
+    states = {state for sample in shown for state in sample["segments"]}
+    assert {"running", "waiting"} <= states, states  # the timeline followed the render
+    until(lambda: browser.execute_script(TIMELINE_JS)["segments"] == ["done"] * len(plan["segments"]))
+
+    media = """const v = document.getElementById('video'), s = document.getElementById('strip');
+        return {ready: v.readyState, duration: v.duration, time: v.currentTime, error: v.error && v.error.code,
+                width: v.videoWidth, strip: s.complete ? s.naturalWidth : 0};"""
+    until(lambda: browser.execute_script(media)["time"] > 0.2, 30)  # decoded and playing
+    shown = browser.execute_script(media)
+    assert shown["ready"] >= 2 and shown["error"] is None and shown["width"] == 128, shown
+    assert abs(shown["duration"] - 3.0) < 0.1, shown
+    assert shown["strip"] >= 3 * 128, shown  # a still per segment start
+    chrome = browser.execute_script("return window.outerHeight - window.innerHeight")
+    browser.set_window_size(1280, browser.execute_script("return document.documentElement.scrollHeight") + chrome)
+    screenshot = tmp_path / "studio.png"
+    assert browser.save_screenshot(str(screenshot)) and Image.open(screenshot).size[0] >= 1200
+    print(f"studio screenshot: {screenshot}")
+
+    field("seconds").clear()
+    field("seconds").send_keys("60")
+    field("submit").click()
+    until(lambda: field("job-id").text not in ("", video_id))
+    long_id = field("job-id").text
+    browser.find_element(By.CSS_SELECTOR, f'tr[data-id="{long_id}"] button.cancel').click()
+    until(lambda: browser.find_element(By.CSS_SELECTOR, f'tr[data-id="{long_id}"] td.status').text == "cancelled")
+    until(lambda: field("status").text == "cancelled", 10)  # the watched video's events end there too
+    assert _get(client, {"id": long_id})["error"]["code"] == "cancelled"

@@ -17,7 +17,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 .venv/bin/python -m pipeline.tiny > /dev/null
-# The studio page test (tests/test_studio.py) drives Debian's headless Chromium through its chromedriver; nothing
+# The studio page test (tests/test_serve.py) drives Debian's headless Chromium through its chromedriver; nothing
 # downloads a browser at run time. MINUTEREEL_NO_BROWSER=1 skips this step and that test.
 install_browser() {
   local sudo=

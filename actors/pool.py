@@ -72,6 +72,7 @@ class WorkerPool:
             )
         started = time.perf_counter()
         self.groups: list[ShardGroup] = []
+        self._created: list[ShardGroup] = []  # every group made, so shutdown also stops those still starting
         starts = [self.begin_start(i) for i in range(self.size)]
         try:
             self.groups = self._await(starts)
@@ -84,6 +85,7 @@ class WorkerPool:
     def begin_start(self, group_id: int, attempt: int = 1) -> GroupStart:
         """Create group `group_id` and start its phases; nothing waits (poll the returned GroupStart)."""
         group = ShardGroup(group_id, self.model, self.parallel, self.use_gpu, self.rank_class)
+        self._created = [g for g in self._created if not g.closed] + [group]
         return GroupStart(group, attempt, self.parallel.placement_timeout_s)
 
     def restart(self, start: GroupStart, err: Exception) -> GroupStart | None:
@@ -146,6 +148,7 @@ class WorkerPool:
         return [dict(group=g.group_id, ranks=ray.get(g.call("health"))) for g in self.groups]
 
     def shutdown(self) -> None:
-        for group in self.groups:
+        """Stop every group, live or still starting."""
+        for group in self._created:
             group.shutdown()
         self.groups = []

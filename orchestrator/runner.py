@@ -72,11 +72,12 @@ class NotFinished(Exception):
 class JobRunner:
     """Jobs in, videos out. Methods are safe to call from several threads (a threaded Ray actor)."""
 
-    def __init__(self, config: EngineConfig, jobs_root: str, max_active_jobs: int = 8):
+    def __init__(self, config: EngineConfig, jobs_root: str, max_active_jobs: int = 8, rank_class=None):
+        """`rank_class`: the pool's ShardRank class, None for ShardRank (a subclass injects faults in tests)."""
         from orchestrator.engine import RenderEngine
 
         self._settings = _runner_settings(config, jobs_root, max_active_jobs)
-        self.engine = RenderEngine(config)
+        self.engine = RenderEngine(config) if rank_class is None else RenderEngine(config, rank_class)
         self.store = JobStore(jobs_root)
         self.max_active_jobs = max_active_jobs
         self._runs: dict[str, PlanRun] = {}

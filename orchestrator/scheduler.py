@@ -23,7 +23,7 @@ import ray
 from PIL import Image
 
 from actors.pool import WorkerPool
-from actors.shard import RenderCancelled, ShardGroup
+from actors.shard import RenderCancelled, ShardGroup, last_line
 from orchestrator.jobs import Job, JobProgress
 from orchestrator.plan import FrameRef, KeyframeSpec, RenderPlan, SegmentSpec
 from pipeline.generate import SegmentRequest
@@ -220,11 +220,97 @@ class PlanRun:
         return self.progress
 
 
-class Dispatcher:
-    """Runs the tasks of many PlanRuns on one WorkerPool, taking runs in turn for each idle group."""
+class RayFutures:
+    """How the dispatcher waits on and reads object refs (unit tests swap in fake refs and a fake clock)."""
 
-    def __init__(self, pool: WorkerPool):
-        self.pool = pool
+    @staticmethod
+    def wait(refs: list, timeout: float | None) -> list:
+        return ray.wait(refs, num_returns=1, timeout=timeout)[0]
+
+    @staticmethod
+    def get(ref):
+        return ray.get(ref)
+
+
+class Recovery:
+    """The policy for broken shard groups: rebuild each one asynchronously, with bounded attempts.
+
+    A rebuild is a GroupStart whose refs join the dispatcher's wait set (`refs`); the group rejoins the pool
+    when all of them resolve (`settle` returns it). A start that fails (a rank died, the load raised, no
+    placement within `placement_timeout_s`) is started again up to `parallel.group_restarts` times in a row;
+    after that the slot is given up and `lost` says why.
+    """
+
+    def __init__(self, pool: WorkerPool, clock: Callable[[], float] = time.monotonic):
+        self.pool, self.clock = pool, clock
+        self._starts: dict = {}  # ref -> the GroupStart it belongs to
+        self.lost: dict[int, str] = {}
+
+    @property
+    def refs(self) -> list:
+        return list(self._starts)
+
+    @property
+    def rebuilding(self) -> int:
+        return len({id(start) for start in self._starts.values()})
+
+    def deadline(self) -> float | None:
+        """When the earliest rebuild still waiting for its placement group times out, if any does."""
+        waiting = [s.placed_by for s in self._starts.values() if s.placement_ref in s.pending]
+        return min(waiting) if waiting else None
+
+    def rebuild(self, group: ShardGroup, cause: str) -> None:
+        """Take broken `group` out of the pool, shut it down and start a fresh one in its slot (returns at once)."""
+        logger.warning("%s; rebuilding it", cause)
+        if group in self.pool.groups:
+            self.pool.groups.remove(group)
+        group.shutdown()
+        self._track(self.pool.begin_start(group.group_id))
+
+    def settle(self, ref) -> ShardGroup | None:
+        """Record a resolved start-up ref; the rebuilt group once its last ref resolved, else None."""
+        start = self._starts.pop(ref)
+        try:
+            if not start.settle(ref):
+                return None
+        except ray.exceptions.RayError as err:
+            self._failed(start, err)
+            return None
+        self.pool.groups.append(start.group)
+        logger.warning("rebuilt shard group %d", start.group.group_id)
+        return start.group
+
+    def expire(self, now: float) -> None:
+        """Fail the rebuilds whose placement group did not come within its timeout."""
+        for start in list({id(s): s for s in self._starts.values()}.values()):
+            if (err := start.overdue(now)) is not None:
+                self._failed(start, err)
+
+    def _track(self, start) -> None:
+        for ref in start.refs:
+            self._starts[ref] = start
+
+    def _failed(self, start, err: Exception) -> None:
+        for ref in start.refs:
+            self._starts.pop(ref, None)
+        fresh = self.pool.restart(start, err)
+        if fresh is None:
+            self.lost[start.group.group_id] = (f"shard group {start.group.group_id} could not be rebuilt in "
+                                               f"{start.attempt} attempt(s): {last_line(err)}")
+        else:
+            self._track(fresh)
+
+
+class Dispatcher:
+    """Runs the tasks of many PlanRuns on one WorkerPool: assigns each idle group the next ready task of the
+    next run in turn, and collects results. A broken group goes to `Recovery` and its task back to its run;
+    the dispatcher never waits on a rebuild, so one failing group does not hold up the others. When no group
+    is left and none is coming back, every active run fails with the reason."""
+
+    def __init__(self, pool: WorkerPool, futures: type[RayFutures] = RayFutures,
+                 clock: Callable[[], float] = time.monotonic):
+        self.pool, self.futures, self.clock = pool, futures, clock
+        self.recovery = Recovery(pool, clock)
         self.runs: list[PlanRun] = []
         self._idle: list[ShardGroup] = list(pool.groups)
         self._running: dict[ray.ObjectRef, tuple[ShardGroup, PlanRun, Task]] = {}
@@ -254,28 +340,55 @@ class Dispatcher:
             return [(group, task) for group, owner, task in self._running.values() if owner is run]
 
     def step(self, timeout: float | None = 0.2) -> None:
-        """Start ready tasks on idle groups, then wait up to `timeout` s for one to finish and record it."""
+        """Start ready tasks on idle groups, then wait up to `timeout` s for a task or a rebuild to make
+        progress and record it."""
         with self._lock:
             self.runs = [run for run in self.runs if run.active]
             self._assign()
-            running = list(self._running)
-        if not running:
-            if self.runs and not self._idle_has_work():
-                stuck = [run for run in self.runs if run.pending]
-                for run in stuck:
-                    run.fail(RuntimeError(f"plan is stuck: {len(run.pending)} task(s) wait on frames nothing renders"))
+            waiting = [*self._running, *self.recovery.refs]
+            deadlines = list(self._deadlines.values())
+            if (rebuild_deadline := self.recovery.deadline()) is not None:
+                deadlines.append(rebuild_deadline)
+        if not waiting:
+            self._fail_waiting_runs()
             threading.Event().wait(timeout or 0.05)
             return
-        budget = max(0.0, min(self._deadlines.values()) - time.monotonic())
-        done, _ = ray.wait(running, num_returns=1, timeout=budget if timeout is None else min(timeout, budget))
+        limits = [max(0.0, min(deadlines) - self.clock())] if deadlines else []
+        limits += [timeout] if timeout is not None else []
+        done = self.futures.wait(waiting, min(limits) if limits else None)
         for ref in done:
-            self._collect(ref)
+            if ref in self._running:
+                self._collect(ref)
+            else:
+                self._rejoin(ref)
         self._expire()
 
-    def _expire(self) -> None:
-        """Tasks past their time budget: their group is rebuilt (it may hang) and the task retried."""
-        now = time.monotonic()
+    def _fail_waiting_runs(self) -> None:
+        """Nothing runs and nothing is being rebuilt: runs that still wait can never finish. Say why."""
         with self._lock:
+            waiting = [run for run in self.runs if run.active]
+            if not waiting:
+                return
+            if not self._idle:
+                lost = "; ".join(self.recovery.lost[i] for i in sorted(self.recovery.lost)) or "the pool has none"
+                for run in waiting:
+                    run.fail(RuntimeError(f"no shard group is left to render on: {lost}"))
+            elif not self._idle_has_work():
+                for run in (run for run in waiting if run.pending):
+                    run.fail(RuntimeError(f"plan is stuck: {len(run.pending)} task(s) wait on frames nothing renders"))
+
+    def _rejoin(self, ref) -> None:
+        with self._lock:
+            group = self.recovery.settle(ref)
+            if group is not None:
+                self._idle.append(group)
+
+    def _expire(self) -> None:
+        """Tasks past their time budget: their group is rebuilt (it may hang) and the task retried. Rebuilds
+        past their placement timeout are started again or given up."""
+        now = self.clock()
+        with self._lock:
+            self.recovery.expire(now)
             overdue = [ref for ref, deadline in self._deadlines.items() if deadline <= now and ref in self._running]
             expired = [(ref, *self._running.pop(ref)) for ref in overdue]
             for ref in overdue:
@@ -298,7 +411,7 @@ class Dispatcher:
             method, args = run.call(task)
             ref = group.submit(method, *args)
             self._running[ref] = (group, run, task)
-            self._started[ref] = time.monotonic()
+            self._started[ref] = self.clock()
             self._deadlines[ref] = self._started[ref] + self.pool.parallel.task_timeout_s
 
     def _next_ready(self) -> tuple[Task | None, PlanRun | None]:
@@ -316,7 +429,7 @@ class Dispatcher:
             self._deadlines.pop(ref, None)
             started = self._started.pop(ref, None)
         try:
-            result = ray.get(ref)
+            result = self.futures.get(ref)
         except RenderCancelled:
             self._release(group)
             return
@@ -324,7 +437,7 @@ class Dispatcher:
             self._recover(group, run, task, err)
             return
         if started is not None:
-            self.on_task_done(task, time.monotonic() - started)
+            self.on_task_done(task, self.clock() - started)
         with self._lock:  # cancel() may fail the run from another thread
             self._idle.append(group)
             if not run.active:
@@ -340,30 +453,22 @@ class Dispatcher:
             self._idle.append(group)
 
     def _recover(self, group: ShardGroup, run: PlanRun, task: Task, err: Exception, broken: bool = False) -> None:
-        """After a failed task: rebuild its group and retry the task, or fail the run with the reason."""
-        message, diagnosed_broken = group.diagnose(err)
-        broken = broken or diagnosed_broken
+        """After a failed task: hand a broken group to Recovery (it rebuilds without blocking) and retry the
+        task on the next free group, or fail the run with the reason. Never waits on a rank."""
+        broken = broken or group.breaks_on(err)
+        message = group.describe_failure(err)
         attempts = run.attempts[task.task_id] = run.attempts.get(task.task_id, 0) + 1
-        fresh = group
-        if broken:
-            try:
-                fresh = self.pool.rebuild(group)
-            except Exception as rebuild_error:  # the group is gone; fail the run but keep the dispatcher alive
-                logger.exception("could not rebuild shard group %d", group.group_id)
-                run.fail(RuntimeError(f"{message}; rebuilding it failed: {rebuild_error}"))
-                return
-            finally:
-                if fresh is not group:
-                    self._release(fresh)
-        else:
-            self._release(group)
-        if not run.active:
-            return
-        if not broken or attempts > self.pool.parallel.task_retries:
-            run.fail(RuntimeError(f"{task.kind} {task.spec.index} failed: {message}"))
-            return
-        logger.warning("%s %d: %s; retrying on a rebuilt group", task.kind, task.spec.index, message)
         with self._lock:
+            if broken:
+                self.recovery.rebuild(group, message)
+            else:
+                self._idle.append(group)
+            if not run.active:
+                return
+            if not broken or attempts > self.pool.parallel.task_retries:
+                run.fail(RuntimeError(f"{task.kind} {task.spec.index} failed: {message}"))
+                return
+            logger.warning("%s %d: %s; retrying it", task.kind, task.spec.index, message)
             run.pending.insert(0, task)
 
     def drive(self, run: PlanRun) -> JobProgress:
@@ -371,7 +476,7 @@ class Dispatcher:
         self.add(run)
         try:
             while run.active:
-                self.step(timeout=None if self._running else 0.05)
+                self.step(timeout=None if self._running or self.recovery.refs else 0.05)
         except BaseException as err:  # e.g. KeyboardInterrupt: leave no partial output behind
             self.cancel(run, err)
             raise

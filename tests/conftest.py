@@ -31,15 +31,19 @@ def tiny_cache(tmp_path_factory):
     return cache
 
 
-def _stop_cluster(temp_dir: Path) -> None:
-    """Stop only the Ray processes of the cluster rooted at `temp_dir` (`ray stop` would stop
-    every cluster this user runs on the machine, other test sessions' included)."""
+def _stop_cluster(temp_dir: Path, port: int) -> None:
+    """Stop only the Ray processes of the cluster rooted at `temp_dir` with its GCS on `port` (`ray stop`
+    would stop every cluster this user runs on the machine, other test sessions' included). The Ray client
+    server's command line names no temp dir, only the GCS address it serves."""
     import psutil
 
     procs = []
     for proc in psutil.process_iter(["cmdline"]):
         with contextlib.suppress(psutil.Error):
-            if str(temp_dir) in " ".join(proc.info["cmdline"] or ()):
+            cmdline = proc.info["cmdline"] or ()
+            client_server = "ray.util.client.server" in cmdline and any(
+                arg.startswith("--address=") and arg.endswith(f":{port}") for arg in cmdline)
+            if client_server or str(temp_dir) in " ".join(cmdline):
                 procs.append(proc)
                 proc.terminate()
     _, alive = psutil.wait_procs(procs, timeout=15)
@@ -83,4 +87,4 @@ def ray_cluster(tmp_path_factory):
         raise RuntimeError(f"ray start failed: {err.stdout[-2000:]} {err.stderr[-2000:]}") from err
     finally:
         ray.shutdown()
-        _stop_cluster(temp_dir)
+        _stop_cluster(temp_dir, port)

@@ -18,12 +18,14 @@ from actors.shard import ShardRank
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests/
 
 
-def rank_dying_in(phase: str, rank: int, marker: Path, times: int = 1) -> type[ShardRank]:
-    """A ShardRank whose rank `rank` is SIGKILLed as it enters `phase` (a ShardRank method), the first `times`
-    times any such rank gets there. Each death writes `marker`.N holding the dead process's pid."""
+def rank_dying_in(phase: str, rank: int, marker: Path, times: int = 1, base: type[ShardRank] = ShardRank,
+                  armed_by: Path | None = None) -> type[ShardRank]:
+    """A `base` whose rank `rank` is SIGKILLed as it enters `phase` (a ShardRank method), the first `times`
+    times any such rank gets there (once the file `armed_by` exists, if given: after another fault). Each
+    death writes `marker`.N holding the dead process's pid."""
 
     def die_first_times(self) -> None:
-        if self.rank != rank:
+        if self.rank != rank or (armed_by is not None and not armed_by.exists()):
             return
         for n in range(times):
             try:
@@ -36,9 +38,9 @@ def rank_dying_in(phase: str, rank: int, marker: Path, times: int = 1) -> type[S
 
     def method(self, *args):
         die_first_times(self)
-        return getattr(ShardRank, phase)(self, *args)
+        return getattr(base, phase)(self, *args)
 
-    return type("DyingRank", (ShardRank,), {phase: method, "__module__": __name__})
+    return type("DyingRank", (base,), {phase: method, "__module__": __name__})
 
 
 def deaths(marker: Path) -> list[int]:

@@ -105,3 +105,57 @@ def test_render_survives_a_worker_killed_while_the_pool_loads(ray_cluster, tiny_
     finally:
         clean_engine.shutdown()
     np.testing.assert_array_equal(survived, clean)
+
+
+def _rebuilds_fail(tmp_path):
+    """Ranks whose first segment kills rank 0, and whose every later model load (the rebuild's) dies too."""
+    from faults import rank_dying_in
+
+    segment_death = tmp_path / "segment"
+    killed_in_segment = rank_dying_in("segment", 0, segment_death)
+    return rank_dying_in("load", 0, tmp_path / "load", times=5, base=killed_in_segment,
+                         armed_by=tmp_path / "segment.0")
+
+
+def test_a_group_whose_rebuild_fails_is_given_up_while_the_other_renders_the_video(ray_cluster, tiny_cache, tmp_path):
+    from faults import deaths
+
+    from orchestrator.engine import RenderEngine
+    from pipeline.video_io import read_video
+
+    parallel = ParallelConfig(workers=2, group_restarts=1)
+    engine = RenderEngine(EngineConfig(model=ModelConfig(cache_dir=tiny_cache), parallel=parallel),
+                          rank_class=_rebuilds_fail(tmp_path))
+    request = RenderRequest(prompt="a fox", duration_s=4.0, mode="bridge", segment_frames=21, overlap_frames=4)
+    try:
+        result = engine.render(request, tmp_path / "out.mp4")
+        live = len(engine.pool.groups)  # the video was finished by the other group, not after a rebuild
+        deadline = time.monotonic() + 120
+        while engine.dispatcher.recovery.refs:  # let the rebuild run out of attempts
+            assert time.monotonic() < deadline, "the rebuild neither succeeded nor gave up"
+            engine.dispatcher.step()
+        lost = dict(engine.dispatcher.recovery.lost)
+    finally:
+        engine.shutdown()
+    assert len(deaths(tmp_path / "segment")) == 1 and len(deaths(tmp_path / "load")) == 2
+    assert live == 1 and len(lost) == 1
+    assert "could not be rebuilt in 2 attempt(s)" in next(iter(lost.values()))
+    assert read_video(result.path)[1].frames == result.plan.total_frames
+
+
+def test_no_capacity_left_fails_the_job_naming_the_cause(ray_cluster, tiny_cache, tmp_path):
+    from orchestrator.runner import JobRunner
+
+    parallel = ParallelConfig(workers=1, group_restarts=1)
+    runner = JobRunner(EngineConfig(model=ModelConfig(cache_dir=tiny_cache), parallel=parallel), str(tmp_path / "jobs"),
+                       max_active_jobs=2, rank_class=_rebuilds_fail(tmp_path))
+    try:
+        assert runner.workers()["groups"] == 1
+        job_id = runner.submit(RenderRequest(prompt="a fox", duration_s=2.0, mode="chain"))
+        _wait(lambda: runner.status(job_id)["state"] in ("failed", "done"), 120)  # never a hang
+        state, workers = runner.status(job_id), runner.workers()
+    finally:
+        runner.shutdown()
+    assert state["state"] == "failed"
+    assert "no shard group is left to render on: shard group 0 could not be rebuilt in 2 attempt(s)" in state["error"]
+    assert workers == {"groups": 0, "busy": 0, "active_jobs": 0}  # /healthz reports the live capacity

@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -32,7 +33,8 @@ def test_new_settings_replace_the_runner_and_it_resumes_unfinished_jobs(ray_clus
     try:
         first = runners[0]
         # Pinned to the head node, where the jobs root is (this test cluster has one node: check the request).
-        assert "node:__internal_head__" in get_actor(first._actor_id.hex()).required_resources
+        actor = get_actor(first._actor_id.hex(), address=os.environ["RAY_JOB_ADDRESS"])  # this session's cluster
+        assert "node:__internal_head__" in actor.required_resources
         assert start_runner(EngineConfig(model=model, parallel=parallel), jobs, 4, name=name) == first  # unchanged
         unknown = model.model_copy(update={"preset": "nope"})
         with pytest.raises(ValueError, match="known presets"):  # refused before the running runner is touched

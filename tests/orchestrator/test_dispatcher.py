@@ -1,0 +1,221 @@
+"""Dispatcher and Recovery with fake shard groups, fake refs and a fake clock: assignment, asynchronous
+rebuilds, bounded attempts and failing when no capacity is left. Nothing here waits; time passes only when the
+dispatcher would have waited. The real-Ray counterparts are in tests/test_failures.py."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import ray
+
+from actors.config import ParallelConfig
+from actors.pool import GroupStart, WorkerPool
+from actors.shard import ShardGroup
+from orchestrator.planner import plan_render
+from orchestrator.request import RenderRequest
+from orchestrator.scheduler import Dispatcher, PlanRun
+from pipeline.presets import load_preset
+from pipeline.stitch import OverlapStitcher
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Ref:
+    _ids = itertools.count()
+
+    def __init__(self, what: str):
+        self.what = f"{what}#{next(self._ids)}"
+
+    def __repr__(self) -> str:
+        return self.what
+
+
+class Futures:
+    """Refs resolve when the test (or a fake group) says; waiting on none resolved moves the clock instead."""
+
+    def __init__(self, clock: Clock):
+        self.clock, self.values = clock, {}
+
+    def wait(self, refs, timeout):
+        ready = [ref for ref in refs if ref in self.values]
+        if not ready:
+            self.clock.now += 1.0 if timeout is None else timeout
+        return ready[:1]
+
+    def get(self, ref):
+        value = self.values[ref]
+        if isinstance(value, BaseException):
+            raise value
+        return value
+
+
+def died(what: str) -> ray.exceptions.RayActorError:
+    return ray.exceptions.RayActorError(error_msg=f"{what}: the actor died")
+
+
+class FakeGroup:
+    """A shard group whose calls resolve at once with frames of the right shape, die, or hang (`behaviour`)."""
+
+    def __init__(self, group_id: int, futures: Futures, start: str):
+        self.group_id, self.futures, self.start_outcome = group_id, futures, start
+        self.behaviour, self.closed, self.ranks, self.submitted = "render", False, [None], []
+        self.bundle = {"CPU": 1}
+
+    placement_error = ShardGroup.placement_error  # the real message
+
+    def start(self) -> list[Ref]:
+        placed, loaded = Ref(f"g{self.group_id}.placement"), Ref(f"g{self.group_id}.load")
+        if self.start_outcome != "unplaced":
+            self.futures.values[placed] = True
+            self.futures.values[loaded] = died("load") if self.start_outcome == "dies" else None
+        return [placed, loaded]
+
+    def submit(self, method: str, *args) -> Ref:
+        ref = Ref(f"g{self.group_id}.{method}")
+        self.submitted.append(method)
+        if self.behaviour == "dies":
+            self.futures.values[ref] = died(method)
+        elif self.behaviour == "render" and method == "keyframe":
+            _prompt, _seed, width, height, *_ = args
+            self.futures.values[ref] = np.zeros((height, width, 3), np.uint8)
+        elif self.behaviour == "render":
+            request = args[0]
+            self.futures.values[ref] = np.zeros((request.num_frames, request.height, request.width, 3), np.uint8)
+        return ref
+
+    def call(self, method: str, *args) -> list[Ref]:
+        return []
+
+    def breaks_on(self, err: Exception) -> bool:
+        return isinstance(err, ray.exceptions.RayActorError)
+
+    def describe_failure(self, err: Exception) -> str:
+        return f"shard group {self.group_id} failed: {err}"
+
+    def shutdown(self) -> None:
+        self.closed = True
+
+
+class FakeStart(GroupStart):
+    def settle(self, ref) -> bool:
+        self.pending.discard(ref)
+        self.group.futures.get(ref)
+        return not self.pending
+
+
+class FakePool(WorkerPool):
+    """WorkerPool's restart policy over fake groups; `starts[slot]` lists how that slot's next starts end."""
+
+    def __init__(self, workers: int, clock: Clock, futures: Futures, **parallel):
+        self.parallel = ParallelConfig(workers=workers, placement_timeout_s=10.0, **parallel)
+        self.clock, self.futures, self.size = clock, futures, workers
+        self.starts: dict[int, list[str]] = {}
+        self.groups = [FakeGroup(i, futures, "ready") for i in range(workers)]
+
+    def begin_start(self, group_id: int, attempt: int = 1) -> GroupStart:
+        outcome = (self.starts.get(group_id) or ["ready"]).pop(0)
+        return FakeStart(FakeGroup(group_id, self.futures, outcome), attempt, self.parallel.placement_timeout_s,
+                         self.clock)
+
+
+class Writer:
+    def __init__(self):
+        self.frames, self.closed, self.aborted = 0, False, False
+
+    def write(self, frames):
+        self.frames += len(frames)
+
+    def close(self):
+        self.closed = True
+
+    def abort(self):
+        self.aborted = True
+
+
+def _setup(workers: int, **parallel):
+    clock = Clock()
+    futures = Futures(clock)
+    pool = FakePool(workers, clock, futures, **parallel)
+    return clock, pool, Dispatcher(pool, futures=futures, clock=clock)
+
+
+def _run(dispatcher: Dispatcher, mode: str = "bridge") -> PlanRun:
+    request = RenderRequest(prompt="a fox", duration_s=4.0, mode=mode, segment_frames=21, overlap_frames=4,
+                            width=64, height=64)
+    run = PlanRun(plan_render(request, load_preset("tiny")), Writer(), OverlapStitcher("linear", False))
+    dispatcher.add(run)
+    return run
+
+
+def _steps(dispatcher: Dispatcher, until, limit: int = 200) -> int:
+    for n in range(limit):
+        if until():
+            return n
+        dispatcher.step(timeout=0.1)
+    raise AssertionError("condition not reached")
+
+
+def test_idle_groups_take_ready_tasks_in_turn_and_the_run_finishes():
+    _clock, pool, dispatcher = _setup(2)
+    run = _run(dispatcher)
+    _steps(dispatcher, lambda: not run.active)
+    assert run.error is None and run.writer.closed and run.writer.frames == run.plan.total_frames
+    assert all(group.submitted for group in pool.groups)  # both groups rendered
+
+
+def test_a_broken_group_is_rebuilt_asynchronously_while_the_other_finishes_the_run():
+    _clock, pool, dispatcher = _setup(2)
+    broken = pool.groups[0]
+    broken.behaviour = "dies"
+    pool.starts[0] = ["unplaced"]  # its rebuild waits for a placement group that has not come yet
+    run = _run(dispatcher)
+    _steps(dispatcher, lambda: not run.active)
+    assert run.error is None and run.writer.frames == run.plan.total_frames
+    assert broken.closed and dispatcher.recovery.rebuilding == 1 and pool.groups == [dispatcher._idle[0]]
+    (start,) = {id(s): s for s in dispatcher.recovery._starts.values()}.values()
+    dispatcher.futures.values.update({ref: None for ref in start.refs})  # the placement came; it loads
+    _steps(dispatcher, lambda: dispatcher.recovery.rebuilding == 0)
+    assert sorted(g.group_id for g in pool.groups) == [0, 1] and len(dispatcher._idle) == 2
+
+
+def test_rebuilds_that_keep_failing_are_bounded_then_the_run_fails_naming_the_cause():
+    _clock, pool, dispatcher = _setup(1, group_restarts=1)
+    pool.groups[0].behaviour = "dies"
+    pool.starts[0] = ["dies", "dies", "ready"]
+    run = _run(dispatcher, mode="chain")
+    _steps(dispatcher, lambda: not run.active)
+    assert pool.starts[0] == ["ready"]  # one start and one restart, then the slot was given up
+    assert pool.groups == [] and run.writer.aborted
+    with pytest.raises(RuntimeError, match=r"no shard group is left to render on: shard group 0 could not be "
+                                           r"rebuilt in 2 attempt\(s\): load: the actor died"):
+        run.wait()
+
+
+def test_a_rebuild_without_a_placement_gives_up_on_the_clock():
+    clock, pool, dispatcher = _setup(1, group_restarts=2)
+    pool.groups[0].behaviour = "dies"
+    pool.starts[0] = ["unplaced"] * 3
+    run = _run(dispatcher, mode="chain")
+    _steps(dispatcher, lambda: not run.active, limit=1000)
+    assert 30.0 <= clock.now <= 31.0  # three placement timeouts of 10 s, then the job fails: never a hang
+    with pytest.raises(RuntimeError, match=r"could not be rebuilt in 3 attempt\(s\): shard group 0 could not get "
+                                           r".*check `ray status`"):
+        run.wait()
+
+
+def test_a_task_over_its_budget_is_retried_on_another_group():
+    clock, pool, dispatcher = _setup(2, task_timeout_s=5.0)
+    pool.groups[0].behaviour = "hangs"
+    run = _run(dispatcher)
+    _steps(dispatcher, lambda: not run.active, limit=1000)
+    assert run.error is None and run.writer.frames == run.plan.total_frames
+    assert clock.now >= 5.0 and pool.groups[0].behaviour == "render"  # the hung group was replaced
+    assert "hangs" not in [group.behaviour for group in pool.groups]

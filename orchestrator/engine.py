@@ -25,7 +25,7 @@ from pipeline.parallel import check_sequence_parallel
 from pipeline.presets import checkpoint_kind, load_preset, preset_path, weights_id
 from pipeline.seams import SeamReport
 from pipeline.stitch import OverlapStitcher
-from pipeline.video_io import VideoWriter
+from pipeline.video_io import CODEC_PIX_FMTS, VideoWriter, output_format
 
 logger = logging.getLogger(__name__)
 
@@ -99,19 +99,23 @@ class RenderEngine:
 
     def open_run(self, plan: RenderPlan, out: Path, job: Job | None = None,
                  on_progress: Callable[[JobProgress], None] = lambda progress: None,
-                 on_stitching: Callable[[], None] = lambda: None) -> PlanRun:
-        """A PlanRun writing `out` (as out.partial until complete), saving its work in `job` if given."""
+                 on_stitching: Callable[[], None] = lambda: None,
+                 prefix: Callable[[VideoWriter], None] | None = None) -> PlanRun:
+        """A PlanRun writing `out` (as out.partial until complete, the encoder started at the first frame, then
+        given to `prefix` if any), saving its work in `job` if given."""
         stitch = self.config.stitch
         # Colour drift builds up along a chain, each segment rendered from the last. In `keyframes` and `bridge`
         # modes every segment is at most one step from a keyframe, so nothing accumulates; the correction, which
         # composes from seam to seam, would instead carry one seam's mismatch onto every keyframe after it.
         stitcher = OverlapStitcher(stitch.curve, stitch.color_correction and plan.mode == "chain")
-        writer = VideoWriter(out, plan.width, plan.height, plan.fps, codec=stitch.codec, crf=stitch.crf)
-        try:
-            return PlanRun(plan, writer, stitcher, job, on_progress, on_stitching)
-        except BaseException:
-            writer.abort()
-            raise
+        output_format(out, stitch.codec)  # refuse a codec the container cannot hold now, not at the first frame
+        if CODEC_PIX_FMTS.get(stitch.codec, "yuv420p") == "yuv420p" and (plan.width % 2 or plan.height % 2):
+            raise ValueError(f"width and height must be even for yuv420p, got {plan.width}x{plan.height}")
+
+        def open_writer() -> VideoWriter:
+            return VideoWriter(out, plan.width, plan.height, plan.fps, codec=stitch.codec, crf=stitch.crf)
+
+        return PlanRun(plan, open_writer, stitcher, job, on_progress, on_stitching, prefix)
 
     def job_plan(self, job: Job, request: RenderRequest | None = None) -> RenderPlan:
         """The plan `job` renders: the one it saved, if any (its saved frames belong to that plan, even

@@ -290,29 +290,26 @@ class JobRunner:
         """Open the job's run and hand it to the dispatcher (caller holds the lock)."""
         job.update(state="planning", error=None)
         job.save_plan(plan)
+        prefix = job.dir / PREFIX_VIDEO
         run = self.engine.open_run(
             plan, job.output, job,
             on_progress=lambda progress: self._record(job, progress),
             on_stitching=lambda: job.update(state="stitching"),
+            prefix=(lambda writer: self._write_prefix(writer, plan, prefix)) if prefix.exists() else None,
         )
-        if (job.dir / PREFIX_VIDEO).exists():  # before the run is registered: a failure here leaves no run behind
-            try:
-                self._write_prefix(run, job.dir / PREFIX_VIDEO)
-            except BaseException:
-                run.writer.abort()
-                raise
         self._runs[job.id] = run
         self._encoded[job.id] = 0
         job.update(state="rendering", progress=run.progress.model_copy())
         self.engine.dispatcher.add(run)
 
-    def _write_prefix(self, run: PlanRun, path) -> None:
-        """Open `run`'s output with the video it continues, less its last frame (the run's first keyframe)."""
+    def _write_prefix(self, writer, plan, path) -> None:
+        """Open a run's output with the video it continues, less its last frame (the run's first keyframe);
+        called by the run's sink when it opens the encoder."""
         last = None
-        for batch in iter_frames(path, size=(run.plan.width, run.plan.height)):
+        for batch in iter_frames(path, size=(plan.width, plan.height)):
             frames = batch if last is None else np.concatenate([last[None], batch])
             if len(frames) > 1:
-                run.writer.write(frames[:-1])
+                writer.write(frames[:-1])
                 self.metrics.frames_encoded(len(frames) - 1)
             last = frames[-1]
 

@@ -26,6 +26,7 @@ from actors.pool import WorkerPool
 from actors.shard import RenderCancelled, ShardGroup, last_line
 from orchestrator.jobs import Job, JobProgress
 from orchestrator.plan import FrameRef, KeyframeSpec, RenderPlan, SegmentSpec
+from orchestrator.sink import OutputSink
 from pipeline.generate import SegmentRequest
 from pipeline.seams import SeamMeter
 from pipeline.stitch import OverlapStitcher
@@ -60,34 +61,34 @@ _run_ids = itertools.count()
 
 
 class PlanRun:
-    """One plan's execution state (driver side). Not thread-safe: the Dispatcher drives it."""
+    """One plan's execution state (driver side): the task graph (what is pending, what is ready because the
+    frames it is conditioned on exist, the conditioning-frame cache) and the run's OutputSink, which saves,
+    stitches and encodes on its own thread. The Dispatcher drives the graph; `fail` may come from any thread."""
 
-    def __init__(self, plan: RenderPlan, writer: VideoWriter, stitcher: OverlapStitcher, job: Job | None = None,
-                 on_progress: Callable[[JobProgress], None] = lambda progress: None,
-                 on_stitching: Callable[[], None] = lambda: None):
+    def __init__(self, plan: RenderPlan, open_writer: Callable[[], VideoWriter], stitcher: OverlapStitcher,
+                 job: Job | None = None, on_progress: Callable[[JobProgress], None] = lambda progress: None,
+                 on_stitching: Callable[[], None] = lambda: None, prefix: Callable[[VideoWriter], None] | None = None):
         self.id = next(_run_ids)
-        self.plan, self.writer, self.stitcher, self.job = plan, writer, stitcher, job
-        self.on_progress, self.on_stitching = on_progress, on_stitching
-        self.seams = SeamMeter()
+        self.plan, self.job = plan, job
         self.progress = JobProgress(keyframes_total=len(plan.keyframes), segments_total=len(plan.segments),
                                     frames_total=plan.total_frames, steps=plan.steps)
         self.rendered = {"keyframe": 0, "segment": 0}  # tasks rendered by this run (not resumed)
         self.error: BaseException | None = None
-        self.cancelled = False
         self.finished = threading.Event()
+        self._lock = threading.Lock()  # pending and the end of the run, shared with the sink's thread
         self._keyframes: dict[int, np.ndarray] = {}
         self._conditioning: dict[tuple[int, int], np.ndarray] = {}
-        self._segments: dict[int, np.ndarray] = {}
-        self._saved_segments: set[int] = set()
         self._needed = {(r.index, r.frame) for s in plan.segments for r in s.dependencies() if r.source == "segment"}
-        self._next_to_stitch = 0
         self.attempts: dict[str, int] = {}
-        self.pending = self._resume()
+        self.pending, saved_segments = self._resume()
+        self.sink = OutputSink(plan, open_writer, stitcher, job, self.progress, saved_segments, on_progress,
+                               on_stitching, self._sink_ended, prefix)
 
     # -- state ---------------------------------------------------------------------------------
 
-    def _resume(self) -> list[Task]:
-        """Load user images and whatever the job directory already holds; return the tasks left."""
+    def _resume(self) -> tuple[list[Task], set[int]]:
+        """Load user images and whatever the job directory already holds; return the tasks left and the
+        saved segments."""
         saved_keyframes = self.job.saved("keyframes") if self.job else set()
         for spec in self.plan.keyframes:
             if spec.index in saved_keyframes:
@@ -97,14 +98,14 @@ class PlanRun:
             else:
                 continue
             self.progress.keyframes_done += 1
-        self._saved_segments = self.job.saved("segments") if self.job else set()
-        for index in sorted(self._saved_segments):
+        saved_segments = self.job.saved("segments") if self.job else set()
+        for index in sorted(saved_segments):
             self._keep_conditioning(index, self.job.load_frames("segments", index, mmap=True))
             self.progress.segments_done += 1
         pending = [Task(self.id, "keyframe", k) for k in self.plan.keyframes if k.index not in self._keyframes]
         pending += [Task(self.id, "segment", s) for s in sorted(self.plan.segments, key=lambda s: (s.wave, s.index))
-                    if s.index not in self._saved_segments]
-        return pending
+                    if s.index not in saved_segments]
+        return pending, saved_segments
 
     def _frame(self, ref: FrameRef) -> np.ndarray | None:
         if ref.source == "keyframe":
@@ -120,9 +121,13 @@ class PlanRun:
                 self._conditioning[(segment, frame)] = np.array(frames[frame])
 
     @property
+    def seams(self) -> SeamMeter:
+        return self.sink.seams
+
+    @property
     def segments_in_memory(self) -> int:
         """Finished segments waiting in memory for the stitcher (with a job directory they wait on disk)."""
-        return len(self._segments)
+        return self.sink.segments_in_memory
 
     @property
     def active(self) -> bool:
@@ -132,11 +137,22 @@ class PlanRun:
 
     def take_ready(self) -> Task | None:
         """The next task whose inputs exist, removed from pending; None if none is ready."""
-        for task in self.pending:
-            if self._ready(task):
-                self.pending.remove(task)
-                return task
+        with self._lock:
+            for task in self.pending:
+                if self._ready(task):
+                    self.pending.remove(task)
+                    return task
         return None
+
+    def has_ready(self) -> bool:
+        with self._lock:
+            return any(self._ready(task) for task in self.pending)
+
+    def retry(self, task: Task) -> None:
+        """Put `task` back at the front of pending (its group failed)."""
+        with self._lock:
+            if self.active:
+                self.pending.insert(0, task)
 
     def call(self, task: Task) -> tuple[str, tuple]:
         """The shard-group method and arguments that render `task`."""
@@ -152,64 +168,36 @@ class PlanRun:
         return "segment", (request, task.task_id)
 
     def complete(self, task: Task, result: np.ndarray) -> None:
-        """Record a finished task: persist it, then count it, then stitch what became final."""
+        """Record a finished task: its frames condition what depends on them at once; the sink saves, counts
+        and stitches them on its own thread."""
         kind, index = task.kind, task.spec.index
-        if self.job:
-            self.job.save_frames("keyframes" if kind == "keyframe" else "segments", index, result)
         self.rendered[kind] += 1
         if kind == "keyframe":
             self._keyframes[index] = result
-            self.progress.keyframes_done += 1
         else:
             self._keep_conditioning(index, result)
-            if self.job is None or index == self._next_to_stitch:
-                self._segments[index] = result
-            else:  # saved above: read back when the stitcher reaches it, not held in the driver's memory
-                self._saved_segments.add(index)
-            self.progress.segments_done += 1
-            self._stitch_ready()
-        self.on_progress(self.progress)
-        self._close_if_complete()
-
-    def _stitch_ready(self) -> None:
-        while self._next_to_stitch < len(self.plan.segments):
-            index = self._next_to_stitch
-            if index in self._segments:
-                frames = self._segments.pop(index)
-            elif index in self._saved_segments:
-                frames = self.job.load_frames("segments", index)
-            else:
-                return
-            spec = self.plan.segments[index]
-            frames = self.stitcher.add(frames, spec.overlap_prev, spec.overlap_next)
-            frames = frames[:self.plan.total_frames - self.progress.frames_written]
-            self.writer.write(frames)
-            self.seams.begin_segment(spec.overlap_prev)
-            self.seams.add(frames)
-            self.progress.frames_written += len(frames)
-            self._next_to_stitch += 1
+        self.sink.put(kind, index, result)
 
     def start(self) -> None:
-        """Stitch what a resumed job already holds; close at once if nothing is left to render."""
-        self._stitch_ready()
-        self._close_if_complete()
+        """Start the sink: it stitches what a resumed job already holds and ends the run if nothing is left."""
+        self.sink.start()
 
-    def _close_if_complete(self) -> None:
-        if self.pending or self.progress.segments_done != self.progress.segments_total:
+    def _sink_ended(self, error: BaseException | None) -> None:
+        if error is not None:
+            self.fail(error)
             return
-        self.on_stitching()
-        if self.progress.frames_written != self.plan.total_frames:
-            raise RuntimeError(f"wrote {self.progress.frames_written} of {self.plan.total_frames} frames")
-        self.writer.close()
-        self.finished.set()
+        with self._lock:
+            if self.error is None:
+                self.finished.set()
 
     def fail(self, error: BaseException) -> None:
         """Stop the run: drop pending work, remove the partial output, remember why."""
-        if not self.active:
-            return
-        self.error = error
-        self.pending.clear()
-        self.writer.abort()
+        with self._lock:
+            if not self.active or self.error is not None:
+                return
+            self.error = error
+            self.pending.clear()
+        self.sink.abort()
         self.finished.set()
 
     def wait(self) -> JobProgress:
@@ -329,8 +317,8 @@ class Dispatcher:
 
     def cancel(self, run: PlanRun, reason: BaseException) -> None:
         """Fail `run` with `reason` and interrupt its running tasks at their next denoising step."""
+        run.fail(reason)  # not under the lock: it waits for the run's sink to stop
         with self._lock:
-            run.fail(reason)
             for group, owner, task in self._running.values():
                 if owner is run:
                     group.call("cancel", task.task_id)
@@ -366,16 +354,14 @@ class Dispatcher:
     def _fail_waiting_runs(self) -> None:
         """Nothing runs and nothing is being rebuilt: runs that still wait can never finish. Say why."""
         with self._lock:
-            waiting = [run for run in self.runs if run.active]
-            if not waiting:
+            waiting = [run for run in self.runs if run.active and run.pending]  # not those the sink finishes
+            if not waiting or (self._idle and self._idle_has_work()):
                 return
-            if not self._idle:
-                lost = "; ".join(self.recovery.lost[i] for i in sorted(self.recovery.lost)) or "the pool has none"
-                for run in waiting:
-                    run.fail(RuntimeError(f"no shard group is left to render on: {lost}"))
-            elif not self._idle_has_work():
-                for run in (run for run in waiting if run.pending):
-                    run.fail(RuntimeError(f"plan is stuck: {len(run.pending)} task(s) wait on frames nothing renders"))
+            lost = "; ".join(self.recovery.lost[i] for i in sorted(self.recovery.lost)) or "the pool has none"
+            no_capacity = not self._idle
+        for run in waiting:
+            run.fail(RuntimeError(f"no shard group is left to render on: {lost}") if no_capacity else
+                     RuntimeError(f"plan is stuck: {len(run.pending)} task(s) wait on frames nothing renders"))
 
     def _rejoin(self, ref) -> None:
         with self._lock:
@@ -400,7 +386,7 @@ class Dispatcher:
             self._recover(group, run, task, err, broken=True)
 
     def _idle_has_work(self) -> bool:
-        return any(run._ready(task) for run in self.runs for task in run.pending)
+        return any(run.has_ready() for run in self.runs)
 
     def _assign(self) -> None:
         while self._idle:
@@ -440,13 +426,8 @@ class Dispatcher:
             self.on_task_done(task, self.clock() - started)
         with self._lock:  # cancel() may fail the run from another thread
             self._idle.append(group)
-            if not run.active:
-                return
-            try:
-                run.complete(task, result)
-            except Exception as err:  # an encoder or disk failure ends this run, not the dispatcher
-                logger.exception("run %d failed while stitching", run.id)
-                run.fail(err)
+            if run.active:
+                run.complete(task, result)  # hands the frames to the run's sink: nothing is saved or encoded here
 
     def _release(self, group: ShardGroup) -> None:
         with self._lock:
@@ -463,13 +444,13 @@ class Dispatcher:
                 self.recovery.rebuild(group, message)
             else:
                 self._idle.append(group)
-            if not run.active:
-                return
-            if not broken or attempts > self.pool.parallel.task_retries:
-                run.fail(RuntimeError(f"{task.kind} {task.spec.index} failed: {message}"))
-                return
-            logger.warning("%s %d: %s; retrying it", task.kind, task.spec.index, message)
-            run.pending.insert(0, task)
+        if not run.active:
+            return
+        if not broken or attempts > self.pool.parallel.task_retries:
+            run.fail(RuntimeError(f"{task.kind} {task.spec.index} failed: {message}"))
+            return
+        logger.warning("%s %d: %s; retrying it", task.kind, task.spec.index, message)
+        run.retry(task)
 
     def drive(self, run: PlanRun) -> JobProgress:
         """Run `run` to its end on this thread (the CLI's way); returns its progress or raises its error."""

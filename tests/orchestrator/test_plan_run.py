@@ -1,4 +1,5 @@
-"""PlanRun on the driver, without Ray: out-of-order segments wait on disk when there is a job directory."""
+"""PlanRun and its OutputSink on the driver, without Ray: out-of-order segments wait on disk when there is a job
+directory; the encoder starts at the first frame."""
 
 import numpy as np
 import pytest
@@ -23,8 +24,9 @@ def _frames(spec):
 def _run(tmp_path, name, with_job):
     plan = plan_render(REQUEST, load_preset("tiny")).model_copy(update={"width": 64, "height": 64})
     job = JobStore(tmp_path / "jobs").create(REQUEST, job_id=name) if with_job else None
-    writer = VideoWriter(tmp_path / f"{name}.mkv", 64, 64, plan.fps, codec="ffv1")
-    run = PlanRun(plan, writer, OverlapStitcher(), job)
+    run = PlanRun(plan, lambda: VideoWriter(tmp_path / f"{name}.mkv", 64, 64, plan.fps, codec="ffv1"),
+                  OverlapStitcher(), job)
+    run.start()
     for task in [run.take_ready() for _ in plan.keyframes]:
         assert task.kind == "keyframe"
         run.complete(task, np.zeros((64, 64, 3), np.uint8))
@@ -41,10 +43,12 @@ def test_out_of_order_segments_wait_on_disk_with_a_job(tmp_path, with_job):
     assert len(segments) >= 3
     for spec in reversed(segments[1:]):  # every segment but the first, last to first
         run.complete(tasks[spec.index], _frames(spec))
+    run.sink.drain()
     assert run.segments_in_memory == (0 if with_job else len(segments) - 1)
     assert run.progress.frames_written == 0
+    assert not list(tmp_path.glob("*.mkv*")), "the encoder starts at the first frame, not before"
     run.complete(tasks[0], _frames(segments[0]))
-    assert run.segments_in_memory == 0 and run.finished.is_set()
+    assert run.finished.wait(30) and run.error is None and run.segments_in_memory == 0
     frames, info = read_video(tmp_path / f"job{int(with_job)}.mkv")
     assert info.frames == plan.total_frames
     # The first segment's frames before its seam are written as rendered (lossless), whichever path fed them.
@@ -58,5 +62,6 @@ def test_job_and_memory_paths_write_the_same_video(tmp_path):
         run, plan, tasks = _run(tmp_path, f"same{int(with_job)}", with_job)
         for spec in reversed(plan.segments):
             run.complete(tasks[spec.index], _frames(spec))
+        run.wait()
         videos.append(read_video(tmp_path / f"same{int(with_job)}.mkv")[0])
     np.testing.assert_array_equal(videos[0], videos[1])

@@ -120,12 +120,15 @@ def _render(args: argparse.Namespace) -> int:
     job, request = _open_job(args, request)
     out = Path(args.out) if args.out else job.output
     output_format(out, config.stitch.codec)  # a codec/container mismatch fails before Ray starts
+    resumed = job is not None and job.state().history != ["queued"]
+    if resumed:
+        job.requeue()  # it waits for the pool like a new one
     engine = RenderEngine(config)
     try:
-        plan = engine.job_plan(job, request) if job else engine.plan(request)  # a resumed job keeps its plan
-        bar = tqdm(total=len(plan.keyframes) + len(plan.segments), unit="task", desc=f"render ({plan.mode})")
+        bar = tqdm(unit="task", desc="render")
 
         def show(progress):
+            bar.total = progress.keyframes_total + progress.segments_total
             bar.n = progress.keyframes_done + progress.segments_done
             bar.set_postfix_str(
                 f"keyframes {progress.keyframes_done}/{progress.keyframes_total} "
@@ -133,19 +136,13 @@ def _render(args: argparse.Namespace) -> int:
                 f"frames {progress.frames_written}/{progress.frames_total}"
             )
 
-        if job:
-            job.update(state="rendering", error=None)
-        try:
-            result = engine.render(request, out, on_progress=show, job=job, plan=plan)
-        except BaseException as err:
-            if job:
-                job.update(state="failed", error=f"{type(err).__name__}: {err}")
-            raise
-        if job:
-            job.update(state="done")
+        # The job's lifecycle (planning, rendering, stitching, done or failed) is written by the engine, as for
+        # the server's and batch's jobs; _open_job already checked a resumed job's request.
+        result = engine.render(request, out, on_progress=show, job=job, check_request=not resumed)
         bar.close()
     finally:
         engine.shutdown()
+    plan = result.plan
     if job and result.rendered["segment"] < len(plan.segments):
         print(f"resumed {job.dir}: rendered {result.rendered['segment']} of {len(plan.segments)} segments")
     _print_seams(result.seams)

@@ -140,19 +140,40 @@ class RenderEngine:
             plan = plan.model_copy(update={"weights": self.weights})
         return plan
 
+    def start_job(self, job: Job, out: Path | None = None, request: RenderRequest | None = None,
+                  on_progress: Callable[[JobProgress], None] = lambda progress: None,
+                  prefix: Callable[[VideoWriter], None] | None = None) -> PlanRun:
+        """The job lifecycle's middle, the same for the CLI, the server and batch: `planning` while the plan is
+        made (or the saved one checked: see `job_plan`; `request` None skips the request check, for a caller that
+        made it), then `rendering` as the run is returned for the dispatcher; its sink writes `stitching` once
+        everything is rendered. The caller adds the run to the dispatcher and ends the job with `Job.end`."""
+        job.update(state="planning", error=None)
+        plan = self.job_plan(job, request)
+        job.save_plan(plan)
+        run = self.open_run(plan, out or job.output, job, on_progress, lambda: job.update(state="stitching"), prefix)
+        job.update(state="rendering", progress=run.progress.model_copy())
+        return run
+
     def render(self, request: RenderRequest, out: Path, on_progress: Callable[[JobProgress], None] = lambda p: None,
-               job: Job | None = None, plan: RenderPlan | None = None) -> RenderResult:
-        """Render `request` to the video file at `out` on this thread; with `job`, save every keyframe
-        and segment there and render only what the job does not hold yet. `plan`: what `job_plan` (or
-        `plan`) already gave the caller for this request and job, not made again."""
+               job: Job | None = None, plan: RenderPlan | None = None, check_request: bool = True) -> RenderResult:
+        """Render `request` to the video file at `out` on this thread; with `job`, save every keyframe and segment
+        there, render only what the job does not hold yet and write its lifecycle (`start_job`, then `Job.end`).
+        `plan`: the plan to render without a job. `check_request` False: the caller already checked `request`
+        against the job's (one resume check)."""
         started = time.perf_counter()
-        if plan is None:
-            plan = self.plan(request) if job is None else self.job_plan(job, request)
+        if job is None:
+            run = self.open_run(plan or self.plan(request), out, None, on_progress)
+        else:
+            run = self.start_job(job, out, request if check_request else None, on_progress)
+        try:
+            progress = self.dispatcher.drive(run)
+        except BaseException as err:
+            if job is not None:
+                job.end(err, run.progress)
+            raise
         if job is not None:
-            job.save_plan(plan)
-        run = self.open_run(plan, out, job, on_progress)
-        progress = self.dispatcher.drive(run)
-        return RenderResult(Path(out), plan, progress, time.perf_counter() - started, run.seams.report(),
+            job.end(None, progress)
+        return RenderResult(Path(out), run.plan, progress, time.perf_counter() - started, run.seams.report(),
                             dict(run.rendered))
 
     def shutdown(self) -> None:

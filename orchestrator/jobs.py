@@ -32,6 +32,21 @@ from orchestrator.request import RenderRequest
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 JobStatus = Literal["queued", "planning", "rendering", "stitching", "done", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"done", "failed", "cancelled"})
+# The one job lifecycle, shared by the CLI, the server and batch; each state is written when it becomes true:
+#   queued     accepted, waiting for a worker (a restarted runner's or a re-run's unfinished job waits again)
+#   planning   the planner runs, or a resumed job's saved plan is checked
+#   rendering  the run holds the pool's groups
+#   stitching  every keyframe and segment is rendered; the output sink writes the rest of the video
+#   done | failed | cancelled
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "queued": frozenset({"planning", "failed", "cancelled"}),
+    "planning": frozenset({"rendering", "queued", "failed", "cancelled"}),
+    "rendering": frozenset({"stitching", "queued", "failed", "cancelled"}),
+    "stitching": frozenset({"done", "queued", "failed", "cancelled"}),
+    "done": frozenset({"queued"}),  # the CLI's --resume of a finished job writes its video again
+    "failed": frozenset({"queued"}),
+    "cancelled": frozenset({"queued"}),
+}
 # Request fields that may be left unset for the engine to choose, each also a field of the plan.
 PLANNED_FIELDS = ("mode", "fps", "width", "height", "steps", "guidance")
 
@@ -114,12 +129,28 @@ class Job:
         return JobState.model_validate_json((self.dir / "state.json").read_text())
 
     def update(self, **changes) -> JobState:
-        """Change fields of state.json atomically; returns the new state."""
+        """Change fields of state.json atomically; returns the new state. A new `state` must be one TRANSITIONS
+        allows from the current one (RuntimeError otherwise)."""
         state = self.state()
         if changes.get("state", state.state) != state.state:
+            if changes["state"] not in TRANSITIONS[state.state]:
+                raise RuntimeError(f"job {self.id} cannot go from {state.state} to {changes['state']}")
             changes["history"] = [*state.history, changes["state"]]
         state = state.model_copy(update={**changes, "updated_at": time.time()})
         atomic_write(self.dir / "state.json", state.model_dump_json(indent=2).encode())
+        return state
+
+    def requeue(self) -> None:
+        """An unfinished or ended job waits for a worker again (resume); a queued one stays as it is."""
+        if self.state().state != "queued":
+            self.update(state="queued", error=None)
+
+    def end(self, error: BaseException | None, progress: JobProgress | None = None, cancelled: bool = False) -> str:
+        """Write how the run ended (done, or failed/cancelled with the error's text); returns the state."""
+        state = "done" if error is None else "cancelled" if cancelled else "failed"
+        changes = {"progress": progress.model_copy()} if progress is not None else {}
+        message = None if error is None else str(error) if cancelled else f"{type(error).__name__}: {error}"
+        self.update(state=state, error=message, **changes)
         return state
 
     def _array_path(self, kind: str, index: int) -> Path:

@@ -81,6 +81,7 @@ class JobRunner:
         self.store = JobStore(jobs_root)
         self.max_active_jobs = max_active_jobs
         self._runs: dict[str, PlanRun] = {}
+        self._queued: list[str] = []  # jobs waiting for a worker, oldest first; planned and started by _admit
         self._encoded: dict[str, int] = {}  # frames of each active job counted in the metrics so far
         self._lock = threading.Lock()
         self.metrics = RunnerMetrics(RunnerGauges(self._jobs_by_state, self.workers, self._tasks_waiting))
@@ -113,18 +114,21 @@ class JobRunner:
             request = request.model_copy(update={"image": str(Job(self.store.root, job_id).dir / FIRST_IMAGE)})
         plan = self.engine.plan(request)  # raises ValueError before anything is written
         with self._lock:
-            if len(self._runs) >= self.max_active_jobs:
-                raise QueueFull(f"{len(self._runs)} jobs are unfinished (the limit is {self.max_active_jobs})")
+            unfinished = len(self._runs) + len(self._queued)
+            if unfinished >= self.max_active_jobs:
+                raise QueueFull(f"{unfinished} jobs are unfinished (the limit is {self.max_active_jobs})")
             job = self.store.create(request, job_id, files)
-            self._start(job, plan)
+            job.save_plan(plan)  # describe() shows its shape while it waits; planning checks it again
+            self._queued.append(job.id)
         return job.id
 
     def resume(self, job_id: str) -> str:
         """Start an unfinished job again from what its directory holds (batch re-runs)."""
         job = self.store.open(job_id)
         with self._lock:
-            if job_id not in self._runs and job.state().state != "done":
-                self._start(job, self.engine.job_plan(job))
+            if job_id not in self._runs and job_id not in self._queued and job.state().state != "done":
+                job.requeue()
+                self._queued.append(job_id)
         return job_id
 
     def status(self, job_id: str) -> dict:
@@ -148,6 +152,8 @@ class JobRunner:
         job = self.store.open(job_id)
         with self._lock:
             run = self._runs.get(job_id)
+            if job_id in self._queued:
+                self._queued.remove(job_id)
         if run is not None:
             self.engine.dispatcher.cancel(run, JobCancelled(f"job {job_id} was cancelled"))
         elif job.state().state not in TERMINAL:
@@ -199,6 +205,8 @@ class JobRunner:
         with self._lock:
             run = self._runs.pop(job_id, None)
             self._encoded.pop(job_id, None)
+            if job_id in self._queued:
+                self._queued.remove(job_id)
         if run is not None:  # after this, nothing of the run writes to the job directory
             self.engine.dispatcher.cancel(run, JobCancelled(f"job {job_id} was deleted"))
             self.metrics.jobs_ended.labels(state="cancelled").inc()
@@ -269,7 +277,8 @@ class JobRunner:
         """Pool occupancy: groups rendering now, groups in all, jobs unfinished."""
         busy = len({id(group) for run in list(self._runs.values())
                     for group, _ in self.engine.dispatcher.running_tasks(run)})
-        return {"groups": len(self.engine.pool.groups), "busy": busy, "active_jobs": len(self._runs)}
+        active = len(self._runs) + len(self._queued)
+        return {"groups": len(self.engine.pool.groups), "busy": busy, "active_jobs": active}
 
     def shutdown(self) -> None:
         """Stop serving. Unfinished jobs keep their state and saved work: the next runner on the
@@ -286,21 +295,35 @@ class JobRunner:
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _start(self, job: Job, plan) -> None:
-        """Open the job's run and hand it to the dispatcher (caller holds the lock)."""
-        job.update(state="planning", error=None)
-        job.save_plan(plan)
+    def _start(self, job: Job) -> None:
+        """Plan the queued `job` and hand its run to the dispatcher (caller holds the lock)."""
         prefix = job.dir / PREFIX_VIDEO
-        run = self.engine.open_run(
-            plan, job.output, job,
-            on_progress=lambda progress: self._record(job, progress),
-            on_stitching=lambda: job.update(state="stitching"),
-            prefix=(lambda writer: self._write_prefix(writer, plan, prefix)) if prefix.exists() else None,
+        run = self.engine.start_job(
+            job, on_progress=lambda progress: self._record(job, progress),
+            prefix=(lambda writer: self._write_prefix(writer, run.plan, prefix)) if prefix.exists() else None,
         )
         self._runs[job.id] = run
         self._encoded[job.id] = 0
-        job.update(state="rendering", progress=run.progress.model_copy())
         self.engine.dispatcher.add(run)
+
+    def _admit(self) -> None:
+        """Start queued jobs, oldest first, while the pool has a group with nothing to do: a job waits `queued`
+        until a worker can take it."""
+        while self.engine.dispatcher.wants_work():
+            with self._lock:
+                if not self._queued:
+                    return
+                job_id = self._queued.pop(0)
+                try:
+                    job = self.store.open(job_id)
+                except KeyError:  # deleted while it waited
+                    continue
+                try:
+                    self._start(job)
+                except Exception as err:  # e.g. a saved plan for another preset: this job ends, the others go on
+                    logger.exception("job %s could not start", job_id)
+                    job.end(RuntimeError(f"could not resume: {err}"))
+                    self.metrics.jobs_ended.labels(state="failed").inc()
 
     def _write_prefix(self, writer, plan, path) -> None:
         """Open a run's output with the video it continues, less its last frame (the run's first keyframe);
@@ -361,6 +384,7 @@ class JobRunner:
         while not self._stop.is_set():
             try:
                 self.engine.dispatcher.step(timeout=0.1)
+                self._admit()
             except Exception:  # keep serving other jobs; the failing run was already failed
                 logger.exception("dispatcher step failed")
             self._finish_ended()
@@ -374,19 +398,15 @@ class JobRunner:
             progress = run.progress.model_copy()
             self._count_frames(job_id, progress.frames_written)
             self._encoded.pop(job_id, None)
-            if run.error is None:
-                state, error = "done", None
-            elif isinstance(run.error, JobCancelled):
-                state, error = "cancelled", str(run.error)
-            else:
-                state, error = "failed", f"{type(run.error).__name__}: {run.error}"
-            self.metrics.jobs_ended.labels(state=state).inc()
             try:
-                self.store.open(job_id).update(state=state, error=error, progress=progress)
+                state = self.store.open(job_id).end(run.error, progress, isinstance(run.error, JobCancelled))
             except (KeyError, FileNotFoundError):  # deleted as it ended
                 logger.info("job %s ended after it was deleted", job_id)
+                continue
+            self.metrics.jobs_ended.labels(state=state).inc()
 
     def _resume_unfinished(self) -> None:
+        """Queue every unfinished job of the jobs root again (oldest name first); `_admit` starts them."""
         for folder in sorted(self.store.root.iterdir()):
             try:
                 job = self.store.open(folder.name)
@@ -395,11 +415,8 @@ class JobRunner:
             if job.state().state in TERMINAL:
                 continue
             logger.info("resuming job %s", job.id)
-            try:
-                with self._lock:
-                    self._start(job, self.engine.job_plan(job))
-            except Exception as err:
-                job.update(state="failed", error=f"could not resume: {err}")
+            job.requeue()
+            self._queued.append(job.id)
 
 def _runner_settings(config: EngineConfig, jobs_root: str, max_active_jobs: int) -> dict:
     return {"engine": config.model_dump(mode="json"), "jobs_root": str(jobs_root), "max_active_jobs": max_active_jobs}

@@ -323,6 +323,11 @@ class Dispatcher:
                 if owner is run:
                     group.call("cancel", task.task_id)
 
+    def wants_work(self) -> bool:
+        """Whether a group is idle with no ready task of any run (the runner then starts a queued job)."""
+        with self._lock:
+            return bool(self._idle) and not self._idle_has_work()
+
     def running_tasks(self, run: PlanRun) -> list[tuple[ShardGroup, Task]]:
         with self._lock:
             return [(group, task) for group, owner, task in self._running.values() if owner is run]

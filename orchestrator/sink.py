@@ -45,6 +45,7 @@ class OutputSink:
         self._held: dict[int, np.ndarray] = {}
         self._spilled = set(saved_segments)  # finished segments waiting on disk for their turn
         self._next = 0
+        self._stitching = False  # on_stitching was called
         self._queue: queue.Queue = queue.Queue()
         self._aborted = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="output-sink", daemon=True)
@@ -111,6 +112,9 @@ class OutputSink:
                 else:  # saved above: read back when the stitcher reaches it, not held in memory
                     self._spilled.add(index)
                 self.progress.segments_done += 1
+        if not self._stitching and self._all_rendered():  # from now on the sink alone has work left
+            self._stitching = True
+            self._on_stitching()
         self._stitch_ready()
         if kind != "flush":
             self._on_progress(self.progress)
@@ -140,13 +144,14 @@ class OutputSink:
                 self._prefix(self._writer)
         self._writer.write(frames)
 
-    def _complete(self) -> bool:
+    def _all_rendered(self) -> bool:
         progress = self.progress
-        return (self._next == len(self.plan.segments) and progress.segments_done == progress.segments_total
-                and progress.keyframes_done == progress.keyframes_total)
+        return progress.segments_done == progress.segments_total and progress.keyframes_done == progress.keyframes_total
+
+    def _complete(self) -> bool:
+        return self._next == len(self.plan.segments) and self._all_rendered()
 
     def _finish(self) -> None:
-        self._on_stitching()
         if self.progress.frames_written != self.plan.total_frames:
             raise RuntimeError(f"wrote {self.progress.frames_written} of {self.plan.total_frames} frames")
         writer, self._writer = self._writer, None

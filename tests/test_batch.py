@@ -1,5 +1,6 @@
 """`ray job submit ... -- python -m orchestrator.batch --spec FILE` on the session's cluster."""
 
+import json
 import os
 import subprocess
 import sys
@@ -38,6 +39,8 @@ def test_ray_job_submit_renders_every_entry_then_skips_them(ray_cluster, tiny_ca
     assert "2 done, 0 failed" in first.stdout
     for entry, frames in (("fox", 48), ("story", 64)):
         assert read_video(jobs / entry / "output.mp4")[1].frames == frames
+        history = json.loads((jobs / entry / "state.json").read_text())["history"]
+        assert history == ["queued", "planning", "rendering", "stitching", "done"]  # as the CLI's and server's
     made = {p: p.stat().st_mtime_ns for p in jobs.rglob("*.npy")}
 
     second = _submit(spec)

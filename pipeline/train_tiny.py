@@ -7,7 +7,10 @@ One loop trains the I2V transformer, the T2I transformer and the text encoder th
 `TOTAL_STEPS`, then the T2I alone for `T2I_STEPS` on keyframes whose objects stand at the fixed
 `world.KEYFRAME_PLACES` (sharp keyframes in few steps), then with a text encoder of its own for
 `KEYFRAME_STEPS` (the shared one never had to name an object's colour: the I2V copies it from its
-first frame), then `OBJECT_STEPS` more with the T2I's object cells weighted 9x. Each step
+first frame), then `OBJECT_STEPS` more with the T2I's object cells weighted 9x, then `CHAIN_STEPS` of
+the I2V alone whose conditioned frames are mostly `degrade`d (smeared, blurred, haloed, tinted: what
+a chained segment or a keyframe hands it) while the frames after them stay clean, so that chained
+segments stop widening their objects (`STAGES` is the table of it all). Each step
 draws fresh scenes from `pipeline.world` and renders their latents directly (the VAE is hand-set and
 linear: `world.thumbnails` is its encoding), so there is no data set and no VAE pass. Both
 transformers predict the clean latent (x0); noise levels are drawn where the 4-step sampler works
@@ -30,6 +33,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +48,11 @@ TOTAL_STEPS = 15000  # joint steps: I2V, T2I and text encoder
 T2I_STEPS = 6000     # then T2I-only steps (cheap: 64 tokens), with the shared text encoder fixed
 KEYFRAME_STEPS = 4000  # then the T2I with a text encoder of its own, copied from the shared one
 OBJECT_STEPS = 3000    # then the same with the object-weighted loss (keyframe places are fixed: no bias)
+CHAIN_STEPS = 3000     # then the I2V alone, from degraded conditions to clean clips (chain drift)
 OBJECT_LR = 3e-4
 T2I_LR = 5e-4
+CHAIN_LR = 3e-4
+DEGRADED = 0.75        # share of the chain stage's conditioned frames that are degraded
 I2V_BATCH, T2I_BATCH = 8, 16
 LR, MIN_LR, WARMUP = 1e-3, 1e-4, 200
 EMA_DECAY = 0.999
@@ -64,6 +71,59 @@ def condition(x0: torch.Tensor, last: bool) -> tuple[torch.Tensor, torch.Tensor]
     if last:
         mask[3, -1], given[:, -1] = 1.0, x0[:, -1]
     return mask, given
+
+
+def degrade(frame: torch.Tensor, background: torch.Tensor, axis: int, rng: np.random.Generator) -> torch.Tensor:
+    """A clean latent frame (3, h, w) made to look like what the model itself hands the next segment: the
+    objects smeared along their motion `axis` (1 rows, 2 columns) and brightened back, as chained segments
+    widen them; blurred, as the keyframe T2I draws them; a noisy halo around them; a small colour cast.
+    The I2V learns to continue such a frame with clean, prompt-shaped objects where the smear is centred."""
+    deviation = frame - background
+    low, high = deviation.amin(dim=(1, 2), keepdim=True).clamp(max=0), deviation.amax(dim=(1, 2), keepdim=True)
+    covered = deviation.abs().sum(0) > 0.05
+    reach = int(rng.integers(0, 4))  # cells (4 px) each way
+    if reach:
+        smeared = sum(deviation.roll(k, dims=axis) for k in range(-reach, reach + 1)) / (2 * reach + 1)
+        deviation = smeared * float(rng.uniform(1.0, 2.0))
+    if rng.random() < 0.5:
+        kernel = torch.tensor([0.25, 0.5, 0.25])
+        deviation = sum(w * deviation.roll(k, dims=1) for w, k in zip(kernel, (-1, 0, 1), strict=True))
+        deviation = sum(w * deviation.roll(k, dims=2) for w, k in zip(kernel, (-1, 0, 1), strict=True))
+    deviation = torch.maximum(torch.minimum(deviation, high), low)
+    halo = torch.nn.functional.max_pool2d(covered[None, None].float(), 9, stride=1, padding=4)[0]
+    deviation = deviation + halo * torch.from_numpy(rng.normal(0.0, rng.uniform(0.0, 0.1), deviation.shape)).float()
+    cast = torch.from_numpy(rng.normal(0.0, 0.02, (3, 1, 1))).float()
+    return (background + deviation + cast).clamp(-1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A run of steps that trains `modules` at a learning rate falling from `lr` to `min_lr` (cosine)."""
+
+    name: str
+    steps: int
+    modules: tuple[str, ...]
+    lr: float
+    min_lr: float = MIN_LR
+    warmup: int = 0
+
+
+STAGES = (
+    Stage("joint", TOTAL_STEPS, ("i2v", "t2i", "text"), LR, warmup=WARMUP),
+    Stage("t2i", T2I_STEPS, ("t2i",), T2I_LR),
+    Stage("keyframe", KEYFRAME_STEPS, ("t2i", "keyframe_text"), T2I_LR),
+    Stage("object", OBJECT_STEPS, ("t2i", "keyframe_text"), OBJECT_LR, OBJECT_LR),
+    Stage("chain", CHAIN_STEPS, ("i2v",), CHAIN_LR),
+)
+
+
+def stage_at(step: int) -> tuple[Stage, int]:
+    """The stage a global step is in, and the step's place within it (the last stage past the end)."""
+    for stage in STAGES:
+        if step < stage.steps:
+            return stage, step
+        step -= stage.steps
+    return STAGES[-1], STAGES[-1].steps
 
 
 class Trainer:
@@ -125,11 +185,19 @@ class Trainer:
         sigma = np.where(draw < at_one, 1.0, np.where(draw < at_one + 0.25, sampler, uniform))
         return torch.tensor(np.clip(sigma, 0.001, 1.0), dtype=torch.float32)
 
-    def object_cells(self, scene: world.Scene, x0: torch.Tensor) -> torch.Tensor:
-        """1 where an object changes a latent cell from the bare background, else 0: (1, frames, h, w)."""
+    def background(self, scene: world.Scene) -> torch.Tensor:
+        """The latent of the scene's bare background: (3, 1, h, w)."""
         if scene.background not in self._backgrounds:
             self._backgrounds[scene.background] = torch.from_numpy(world.thumbnails(world.Scene(scene.background), 1))
-        return ((x0 - self._backgrounds[scene.background]).abs().sum(0, keepdim=True) > 0.05).float()
+        return self._backgrounds[scene.background]
+
+    def object_cells(self, scene: world.Scene, x0: torch.Tensor) -> torch.Tensor:
+        """1 where an object changes a latent cell from the bare background, else 0: (1, frames, h, w)."""
+        return ((x0 - self.background(scene)).abs().sum(0, keepdim=True) > 0.05).float()
+
+    @property
+    def stage(self) -> Stage:
+        return stage_at(self.step)[0]
 
     def prompt(self, scene: world.Scene) -> str:
         return "" if self.rng.random() < 0.1 else world.noisy_caption(scene, self.rng)
@@ -144,9 +212,15 @@ class Trainer:
             if last:
                 scene = world.with_path(scene, self.rng)
             x0 = torch.from_numpy(world.thumbnails(scene, num_frames))
-            mask, given = condition(x0, last)
-            clean.append(x0), masks.append(mask), conditions.append(given), prompts.append(self.prompt(scene))
             objects.append(self.object_cells(scene, x0))
+            mask, given = condition(x0, last)
+            if self.stage.name == "chain":  # a degraded condition is what the sampler pins: the target too
+                axis = 2 if scene.things[0].direction in ("left", "right") else 1
+                for frame in (0, -1) if last else (0,):
+                    if self.rng.random() < DEGRADED:
+                        given[:, frame] = x0[:, frame] = degrade(x0[:, frame], self.background(scene)[:, 0], axis,
+                                                                 self.rng)
+            clean.append(x0), masks.append(mask), conditions.append(given), prompts.append(self.prompt(scene))
         return torch.stack(clean), torch.stack(masks), torch.stack(conditions), prompts, torch.stack(objects)
 
     def t2i_batch(self):
@@ -170,7 +244,7 @@ class Trainer:
 
     @property
     def total_steps(self) -> int:
-        return TOTAL_STEPS + T2I_STEPS + KEYFRAME_STEPS + OBJECT_STEPS
+        return sum(stage.steps for stage in STAGES)
 
     def indices(self, *names: str) -> list[int]:
         """Positions in `self.params` (and `self.ema`) of the named modules' parameters."""
@@ -184,34 +258,40 @@ class Trainer:
 
     def stage_params(self) -> list[int]:
         """Positions in `self.params` of what the current stage trains."""
-        if self.step < TOTAL_STEPS:
-            return self.indices("i2v", "t2i", "text")
-        if self.step < TOTAL_STEPS + T2I_STEPS:
-            return self.indices("t2i")
-        return self.indices("t2i", "keyframe_text")
+        return self.indices(*self.stage.modules)
 
     def t2i_loss(self, x0: torch.Tensor, embeds: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
         sigma = self.sigmas(T2I_BATCH, at_one=0.2)
         prediction = self.t2i.transformer(hidden_states=self.noised(x0, sigma), timestep=sigma * 1000.0,
                                           encoder_hidden_states=embeds, return_dict=False)[0]
-        if self.step >= TOTAL_STEPS + T2I_STEPS + KEYFRAME_STEPS:
+        if self.stage.name == "object":
             return self.weighted_mse(prediction, x0, objects * 2.0)
         return ((prediction - x0) ** 2).mean()
 
     def loss(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.step >= TOTAL_STEPS + T2I_STEPS:  # the keyframe stage: the T2I and its own text encoder
+        name = self.stage.name
+        if name in ("keyframe", "object"):  # the T2I and its own text encoder
             t2i_x0, t2i_prompts, t2i_objects = self.t2i_batch()
             embeds = self.embed(t2i_prompts, self.t2i.text_encoder)
             return torch.zeros(()), self.t2i_loss(t2i_x0, embeds, t2i_objects)
-        if self.step >= TOTAL_STEPS:  # the T2I stage: the text encoder is the I2V's too, so it stays as it is
+        if name == "t2i":  # the text encoder is the I2V's too, so it stays as it is
             t2i_x0, t2i_prompts, t2i_objects = self.t2i_batch()
             with torch.no_grad():
                 embeds = self.embed(t2i_prompts)
             return torch.zeros(()), self.t2i_loss(t2i_x0, embeds, t2i_objects)
+        if name == "chain":  # the I2V alone, with the shared text encoder fixed
+            x0, mask, condition, i2v_prompts, objects = self.i2v_batch()
+            with torch.no_grad():
+                embeds = self.embed(i2v_prompts)
+            return self.i2v_loss(x0, mask, condition, embeds, objects), torch.zeros(())
         x0, mask, condition, i2v_prompts, objects = self.i2v_batch()
         t2i_x0, t2i_prompts, t2i_objects = self.t2i_batch()
         embeds = self.embed(i2v_prompts + t2i_prompts)
+        i2v_loss = self.i2v_loss(x0, mask, condition, embeds[:I2V_BATCH], objects)
+        return i2v_loss, self.t2i_loss(t2i_x0, embeds[I2V_BATCH:], t2i_objects)
 
+    def i2v_loss(self, x0: torch.Tensor, mask: torch.Tensor, condition: torch.Tensor, embeds: torch.Tensor,
+                 objects: torch.Tensor) -> torch.Tensor:
         sigma = self.sigmas(I2V_BATCH, at_one=0.35)
         noisy = self.noised(x0, sigma)
         pinned = torch.from_numpy(self.rng.random(I2V_BATCH) < 0.5).view(-1, 1, 1, 1, 1)
@@ -219,23 +299,15 @@ class Trainer:
         noisy = torch.where(pinned & conditioned, x0, noisy)
         inputs = torch.cat([noisy, mask, condition], dim=1)
         prediction = self.i2v.transformer(hidden_states=inputs, timestep=sigma * 1000.0,
-                                          encoder_hidden_states=embeds[:I2V_BATCH], return_dict=False)[0]
-        i2v_loss = self.weighted_mse(prediction, x0, objects)
-        return i2v_loss, self.t2i_loss(t2i_x0, embeds[I2V_BATCH:], t2i_objects)
+                                          encoder_hidden_states=embeds, return_dict=False)[0]
+        return self.weighted_mse(prediction, x0, objects)
 
     def learning_rate(self) -> float:
-        if self.step >= TOTAL_STEPS + T2I_STEPS + KEYFRAME_STEPS:
-            return OBJECT_LR
-        if self.step >= TOTAL_STEPS + T2I_STEPS:
-            share = min(1.0, (self.step - TOTAL_STEPS - T2I_STEPS) / KEYFRAME_STEPS)
-            return MIN_LR + 0.5 * (T2I_LR - MIN_LR) * (1 + math.cos(math.pi * share))
-        if self.step >= TOTAL_STEPS:
-            share = min(1.0, (self.step - TOTAL_STEPS) / T2I_STEPS)
-            return MIN_LR + 0.5 * (T2I_LR - MIN_LR) * (1 + math.cos(math.pi * share))
-        if self.step < WARMUP:
-            return LR * (self.step + 1) / WARMUP
-        share = min(1.0, (self.step - WARMUP) / max(TOTAL_STEPS - WARMUP, 1))
-        return MIN_LR + 0.5 * (LR - MIN_LR) * (1 + math.cos(math.pi * share))
+        stage, step = stage_at(self.step)
+        if step < stage.warmup:
+            return stage.lr * (step + 1) / stage.warmup
+        share = min(1.0, (step - stage.warmup) / max(stage.steps - stage.warmup, 1))
+        return stage.min_lr + 0.5 * (stage.lr - stage.min_lr) * (1 + math.cos(math.pi * share))
 
     def train(self, seconds: float) -> None:
         for module in self.modules.values():
@@ -246,7 +318,7 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train tiny", unit="step", mininterval=30.0)
         with log.open("a") as out:
             while self.step < self.total_steps and time.monotonic() - started < seconds:
-                if self.step == TOTAL_STEPS + T2I_STEPS:
+                if stage_at(self.step) == (STAGES[2], 0):
                     self.start_keyframe_text()
                 for group in self.optimizer.param_groups:
                     group["lr"] = self.learning_rate()
@@ -292,8 +364,7 @@ class Trainer:
         target = Path(target)
         for name, pipe in (("i2v", self.i2v), ("t2i", self.t2i)):
             pipe.save_pretrained(target / name)
-        record = dict(steps=self.step, joint_steps=TOTAL_STEPS, t2i_steps=T2I_STEPS, keyframe_steps=KEYFRAME_STEPS,
-                      object_steps=OBJECT_STEPS, i2v_batch=I2V_BATCH,
+        record = dict(steps=self.step, stages={stage.name: stage.steps for stage in STAGES}, i2v_batch=I2V_BATCH,
                       t2i_batch=T2I_BATCH,
                       seed=tiny.SEED, command="python -m pipeline.train_tiny (chunks of --minutes 10), then --export")
         (target / "training.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Retrain the embedded tiny model from scratch or from where it stopped: 10-minute resumable chunks of
 # `python -m pipeline.train_tiny` until it has run every step, then export the EMA weights to
-# pipeline/tiny_weights/ (bump TINY_VERSION in pipeline/presets.py after). About 85 minutes on 2 cores.
+# pipeline/tiny_weights/ (bump TINY_VERSION in pipeline/presets.py after). About 95 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -60,3 +60,37 @@ def test_t2i_stage_trains_only_the_keyframe_transformer(tmp_path):
         assert same == (name != "t2i"), name
     first_t2i = len(before["i2v"])
     assert all(torch.equal(a, b) for a, b in zip(ema_before[:first_t2i], trainer.ema[:first_t2i], strict=True))
+
+
+def test_degraded_conditions_keep_the_object_where_it_is():
+    """`degrade` smears an object along its motion but leaves its centre (what the I2V must continue from)."""
+    from pipeline.train_tiny import degrade
+
+    rng = np.random.default_rng(1)
+    thing = world.Thing("red", "square", "right", start=(60.0, 70.0))
+    x0 = torch.from_numpy(world.thumbnails(world.Scene("blue", (thing,)), 1))[:, 0]
+    background = torch.from_numpy(world.thumbnails(world.Scene("blue"), 1))[:, 0]
+    changed = 0
+    for _ in range(20):
+        frame = degrade(x0, background, 2, rng)
+        red = frame[0] - frame[2] > 0.0  # red over blue: the red channel above the blue one
+        ys, xs = torch.nonzero(red, as_tuple=True)
+        assert abs(xs.float().mean() * 4 + 2 - 60) < 4 and abs(ys.float().mean() * 4 + 2 - 70) < 4
+        changed += not torch.allclose(frame, x0, atol=0.05)
+    assert changed >= 15
+
+
+def test_chain_stage_trains_only_the_i2v(tmp_path):
+    from pipeline.train_tiny import STAGES
+
+    torch.set_num_threads(1)
+    trainer = Trainer(tmp_path)
+    trainer.step = sum(stage.steps for stage in STAGES[:-1])
+    assert trainer.stage.name == "chain"
+    x0, _, given, _, _ = trainer.i2v_batch()
+    torch.testing.assert_close(given[:, :, 0], x0[:, :, 0])  # the pinned frame is the target, degraded or not
+    before = {name: [p.detach().clone() for p in module.parameters()] for name, module in trainer.modules.items()}
+    trainer.train(seconds=2.0)
+    for name, module in trainer.modules.items():
+        same = all(torch.equal(a, b) for a, b in zip(before[name], module.parameters(), strict=True))
+        assert same == (name != "i2v"), name

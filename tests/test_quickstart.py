@@ -1,5 +1,5 @@
 """The README's first command, as written: a 60 s, 960-frame H.264 MP4 from the tiny preset, in which the
-prompt's ball moves the prompt's way all minute."""
+prompt's ball moves the prompt's way all minute and keeps its size."""
 
 import os
 import subprocess
@@ -31,3 +31,8 @@ def test_quickstart_renders_one_minute(ray_cluster, tiny_cache, tmp_path):
     steps = [world.torus_delta(a[0], b[0]) for a, b in zip(places, places[1:], strict=False) if a and b]
     assert sum(steps) >= 300, f"the yellow ball moved {sum(steps):.0f} px to the right in a minute"
     assert np.mean(np.array(steps) > 0) >= 0.8, "the yellow ball often moves the wrong way"
+    # No drift: chained segments once widened the ball to nearly three times its size by the end of the minute.
+    truth = world.render_clip(world.scene_from_prompt("a big yellow ball moving right on a blue background"), 1)[0]
+    size = world.object_mask(truth, "yellow", "blue").sum()
+    last = np.median([world.object_mask(frame, "yellow", "blue").sum() for frame in frames[-160::16]])
+    assert 0.5 * size <= last <= 1.6 * size, f"the ball covers {last:.0f} px in the last 10 s, {size} px drawn true"

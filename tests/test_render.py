@@ -97,14 +97,12 @@ def test_keyframes_land_on_their_planned_frames(engine, tmp_path, mode):
 ])
 def test_chain_render_moves_the_prompts_object_the_prompts_way(engine, tmp_path, prompt, colour, background,
                                                                 axis, sign):
-    """3 s in chain mode from the prompt's scene as first image (the tiny T2I does not draw objects in their
-    colours yet): the background and the object keep the prompt's colours, and the object's centre moves at
-    least 10 pixels in the prompt's direction (the first three are combinations held out of training)."""
-    from PIL import Image
-
-    Image.fromarray(world.render_clip(world.scene_from_prompt(prompt), 1)[0]).save(tmp_path / "first.png")
-    request = RenderRequest(prompt=prompt, duration_s=3.0, mode="chain", image=str(tmp_path / "first.png"))
+    """3 s in chain mode from the prompt alone (the model's own keyframe first): the background and the object
+    have the prompt's colours, and the object's centre moves at least 10 pixels in the prompt's direction
+    (the first three are combinations held out of training)."""
+    request = RenderRequest(prompt=prompt, duration_s=3.0, mode="chain")
     result = engine.render(request, tmp_path / "out.mp4")
+    assert [k.source for k in result.plan.keyframes] == ["t2i"]
     frames, _ = read_video(result.path)
     assert world.background_colour(frames[0]) == background
     start, end = world.locate(frames[0], colour, background), world.locate(frames[-1], colour, background)

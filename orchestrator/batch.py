@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from orchestrator import environment
 from orchestrator.config import EngineConfig
 from orchestrator.jobs import TERMINAL, JobStore
 from orchestrator.request import RenderRequest
@@ -120,10 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         spec = load_spec(args.spec)
-        if spec.engine.ray_address is None and os.environ.get("RAY_ADDRESS"):
+        if spec.engine.ray_address is None and environment.ray_address():
             # Under `ray job submit` (or RAY_ADDRESS), attach to that cluster instead of starting one.
             spec = spec.model_copy(update={"engine": spec.engine.model_copy(
-                update={"ray_address": os.environ["RAY_ADDRESS"]})})
+                update={"ray_address": environment.ray_address()})})
         rows = run_batch(spec)
     except ValueError as err:
         print(f"batch: {err}", file=sys.stderr)

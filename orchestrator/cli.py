@@ -15,6 +15,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from actors.config import ParallelConfig
+from orchestrator import environment
 from orchestrator.config import EngineConfig
 from orchestrator.request import RenderRequest, load_storyboard
 from pipeline.config import ModelConfig, SequenceParallelConfig, StitchConfig, default_cache_dir
@@ -93,13 +94,12 @@ def _loras(args: argparse.Namespace) -> tuple[LoraSpec, ...]:
 
 
 def _engine_config(args: argparse.Namespace) -> EngineConfig:
-    cache = os.environ.get("MINUTEREEL_CACHE")
     return EngineConfig(
         model=ModelConfig(preset=args.preset, quantize=args.quantize, loras=_loras(args),
-                          cache_dir=Path(cache) if cache else default_cache_dir()),
+                          cache_dir=environment.cache_dir() or default_cache_dir()),
         parallel=ParallelConfig(workers=args.workers, sequence=SequenceParallelConfig(degree=args.sp_degree)),
         stitch=_stitch_config(args),
-        ray_address=os.environ.get("RAY_ADDRESS") or None,
+        ray_address=environment.ray_address(),
     )
 
 
@@ -185,7 +185,7 @@ def _serve(args: argparse.Namespace) -> int:
     from orchestrator.serve import ServeSettings, build_app
 
     config = _engine_config(args)
-    jobs_root = args.jobs_root or os.environ.get("MINUTEREEL_JOBS_ROOT") or str(Path("minutereel-jobs").resolve())
+    jobs_root = args.jobs_root or environment.jobs_root()
     connect_ray(config.ray_address)
     serve.start(http_options={"host": args.host, "port": args.port})
     app = build_app({"jobs_root": jobs_root, "max_active_jobs": args.max_active_jobs,

@@ -16,18 +16,22 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import ray
 from PIL import Image
 
 from orchestrator.config import EngineConfig
+from orchestrator.images import load_keyframe_image
 from orchestrator.jobs import TERMINAL, Job, JobProgress, JobStore
 from orchestrator.metrics import RunnerGauges, RunnerMetrics
 from orchestrator.request import RenderRequest
-from orchestrator.scheduler import PlanRun, load_keyframe_image
 from pipeline.presets import load_preset
 from pipeline.video_io import iter_frames
+
+if TYPE_CHECKING:  # the engine, scheduler and models load in the runner's actor only (JobRunner.__init__)
+    from orchestrator.scheduler import PlanRun
 
 logger = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import ray
-from PIL import Image
 
 from actors.pool import WorkerPool
 from actors.shard import RenderCancelled, ShardGroup, last_line
+from orchestrator.images import load_keyframe_image
 from orchestrator.jobs import Job, JobProgress
 from orchestrator.plan import FrameRef, KeyframeSpec, RenderPlan, SegmentSpec
 from orchestrator.sink import OutputSink
@@ -33,15 +33,6 @@ from pipeline.stitch import OverlapStitcher
 from pipeline.video_io import VideoWriter
 
 logger = logging.getLogger(__name__)
-
-
-def load_keyframe_image(path: str, width: int, height: int) -> np.ndarray:
-    """A user's keyframe image as uint8 (height, width, 3), resized to the plan's size."""
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS))
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise ValueError(f"image {path!r} cannot be read as a keyframe: {err}") from err
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,17 @@
+"""The HTTP ingress and the batch driver import nothing model-related: torch, diffusers and transformers load
+only where a pipeline runs (the shard ranks) or the engine is built (the runner's actor, the CLI's render)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_serve_and_batch_import_no_model_library():
+    code = ("import json, sys; import orchestrator.serve, orchestrator.batch; "
+            "print(json.dumps([m for m in ('torch', 'diffusers', 'transformers', 'optimum') if m in sys.modules]))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []

@@ -112,11 +112,13 @@ class OutputSink:
                 else:  # saved above: read back when the stitcher reaches it, not held in memory
                     self._spilled.add(index)
                 self.progress.segments_done += 1
+            self._on_progress(self.progress)  # counted: reported before the stitcher runs
         if not self._stitching and self._all_rendered():  # from now on the sink alone has work left
             self._stitching = True
             self._on_stitching()
+        written = self.progress.frames_written
         self._stitch_ready()
-        if kind != "flush":
+        if self.progress.frames_written != written:
             self._on_progress(self.progress)
 
     def _stitch_ready(self) -> None:

@@ -1,10 +1,15 @@
-"""Failures end jobs with a reason and leave no output: a dead encoder, a segment over budget."""
+"""Faults: a dead encoder or a segment over budget ends the job with a reason and no output; a worker killed while
+the pool loads, while it renders or while the video is stitched does not change the video; lost groups are
+rebuilt, or the job fails naming the cause."""
 
+import os
+import signal
 import time
 
 import numpy as np
 import psutil
 import pytest
+import ray
 
 from actors.config import ParallelConfig
 from orchestrator.config import EngineConfig
@@ -84,7 +89,7 @@ def test_restarted_runner_resumes_unfinished_jobs(ray_cluster, tiny_cache, tmp_p
     np.testing.assert_array_equal(resumed, clean)
 
 
-def test_render_survives_a_worker_killed_while_the_pool_loads(ray_cluster, tiny_cache, tmp_path):
+def test_render_survives_a_worker_killed_while_the_pool_loads_and_while_it_stitches(ray_cluster, tiny_cache, tmp_path):
     from faults import deaths, rank_dying_in
 
     from orchestrator.engine import RenderEngine
@@ -97,6 +102,15 @@ def test_render_survives_a_worker_killed_while_the_pool_loads(ray_cluster, tiny_
     try:
         assert len(deaths(marker)) == 1 and len(engine.pool.groups) == 2
         survived = read_video(engine.render(request, tmp_path / "survived.mp4").path)[0]
+        victim, killed = ray.get(engine.pool.groups[0].call("health")[0])["pid"], []
+
+        def kill_once_stitching(progress):  # every segment is rendered: only the sink has work left
+            if not killed and progress.segments_done == progress.segments_total:
+                os.kill(victim, signal.SIGKILL)
+                killed.append(progress.frames_written)
+
+        stitched = engine.render(request, tmp_path / "stitched.mp4", on_progress=kill_once_stitching)
+        assert killed and killed[0] < stitched.plan.total_frames  # it died while frames were still to be written
     finally:
         engine.shutdown()
     clean_engine = RenderEngine(config)
@@ -105,6 +119,7 @@ def test_render_survives_a_worker_killed_while_the_pool_loads(ray_cluster, tiny_
     finally:
         clean_engine.shutdown()
     np.testing.assert_array_equal(survived, clean)
+    np.testing.assert_array_equal(read_video(stitched.path)[0], clean)
 
 
 def _rebuilds_fail(tmp_path):

@@ -9,7 +9,11 @@ On held-out clips (fresh random scenes; half of the prompts of combinations neve
 - first+last in-betweens (81 frames): localisation error of the middle frames against "crossfade"
   (first blended into last);
 - keyframes (T2I) of held-out combinations: background colour, object colour and shape accuracy;
-- keyframe PSNR through the VAE: the conditioned first and last frames of the in-betweens.
+- keyframe PSNR through the VAE: the conditioned first and last frames of the in-betweens;
+- chains of `CHAIN_SEGMENTS` segments, each from frame `STRIDE` of the one before (as chain mode does,
+  without the crossfades): from the world's first frame, the object's localisation error, its area
+  against the true area and its shape at the end (drift: chained segments used to widen objects); and
+  from the model's own keyframe, whether the I2V gives the object the prompt's shape by frame `STRIDE`.
 
 An object that cannot be found in a frame counts as an error of SIZE / 2 pixels.
 
@@ -30,6 +34,8 @@ from pipeline import world
 RESULTS = Path(__file__).resolve().parent / "results"
 FRAMES = 81
 MISSING = world.SIZE / 2
+CHAIN_SEGMENTS = 6
+STRIDE = FRAMES - 8  # chain mode's default overlap: the next segment starts at this frame
 
 
 def _error(frame: np.ndarray, thing: world.Thing, background: str, frame_index: int) -> float:
@@ -102,6 +108,31 @@ def keyframes(generator, scenes) -> dict:
             "shape_accuracy": round(float(np.mean(shape)), 3)}
 
 
+def _area(frame: np.ndarray, thing: world.Thing, background: str) -> int:
+    return int(world.object_mask(frame, thing.colour, background).sum())
+
+
+def chains(generator, scenes) -> dict:
+    from pipeline.generate import SegmentRequest
+
+    error, growth, shape, keyframe_shape = [], [], [], []
+    for seed, scene in enumerate(scenes):
+        thing, caption = scene.things[0], world.caption(scene)
+        first = world.render_clip(scene, 1)[0]
+        true_area = _area(first, thing, scene.background)
+        for k in range(CHAIN_SEGMENTS):
+            first = generator.segment(SegmentRequest(caption, seed * 100 + k, FRAMES, 128, 128, first))[STRIDE]
+        error.append(_error(first, thing, scene.background, CHAIN_SEGMENTS * STRIDE))
+        growth.append(_area(first, thing, scene.background) / true_area)
+        shape.append(world.shape_of(world.object_mask(first, thing.colour, scene.background)) == thing.shape)
+        keyframe = generator.keyframe(caption, seed, 128, 128)
+        later = generator.segment(SegmentRequest(caption, seed, FRAMES, 128, 128, keyframe))[STRIDE]
+        keyframe_shape.append(world.shape_of(world.object_mask(later, thing.colour, scene.background)) == thing.shape)
+    return {"segments": CHAIN_SEGMENTS, "end_localisation_px": round(float(np.mean(error)), 2),
+            "end_area_ratio": round(float(np.median(growth)), 2), "end_shape_accuracy": round(float(np.mean(shape)), 3),
+            "from_keyframe_shape_accuracy": round(float(np.mean(keyframe_shape)), 3)}
+
+
 def main() -> None:
     import torch
 
@@ -111,15 +142,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=24, help="Held-out clips per task.")
     parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--only", choices=["chains"], default=None, help="Run one task (not recorded).")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # quality, not speed: one thread is robust on a shared machine
     config = ModelConfig() if args.cache_dir is None else ModelConfig(cache_dir=args.cache_dir)
     generator = SegmentGenerator(config, torch.device("cpu"))
+    if args.only == "chains":
+        print(chains(generator, _scenes(np.random.default_rng(8), args.clips)))
+        return
     rng = np.random.default_rng(7)  # training draws from tiny.SEED; these scenes are new
     results = {"i2v_first_frame": first_frame(generator, _scenes(rng, args.clips)),
                "i2v_first_last": in_betweens(generator, _scenes(rng, args.clips), rng),
                "t2i_held_out": keyframes(generator, [world.random_scene(rng, 0.0, held_out=True)
-                                                     for _ in range(args.clips)])}
+                                                     for _ in range(args.clips)]),
+               "chains": chains(generator, _scenes(rng, args.clips))}
     first, between = results["i2v_first_frame"], results["i2v_first_last"]
     results["beats_static"] = first["localisation_px"] < first["static_px"]
     results["beats_crossfade"] = between["localisation_px"] < between["crossfade_px"]

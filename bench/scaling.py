@@ -81,7 +81,7 @@ def _plans() -> dict[str, RenderPlan]:
 
 
 def measure_tiny(cache: Path) -> tuple[float, float]:
-    """Seconds for one keyframe and one 77-frame segment of the tiny preset on one thread (median of 3)."""
+    """Seconds for one keyframe and one 81-frame segment of the tiny preset on one thread (median of 3)."""
     torch.set_num_threads(1)
     generator = SegmentGenerator(ModelConfig(cache_dir=cache), torch.device("cpu"))
     first = generator.keyframe("warm-up", 0, 128, 128)
@@ -91,7 +91,7 @@ def measure_tiny(cache: Path) -> tuple[float, float]:
         generator.keyframe("x", seed, 128, 128)
         keyframe.append(time.perf_counter() - started)
         started = time.perf_counter()
-        generator.segment(SegmentRequest("x", seed, 77, 128, 128, first))
+        generator.segment(SegmentRequest("x", seed, 81, 128, 128, first))
         segment.append(time.perf_counter() - started)
     return sorted(keyframe)[1], sorted(segment)[1]
 
@@ -101,7 +101,7 @@ def main() -> None:
     ensure_tiny_checkpoints(cache)
     plans = _plans()
     keyframe_s, segment_s = measure_tiny(cache)
-    per_frame = segment_s / 77
+    per_frame = segment_s / 81
     check = {
         "chain, 1 worker": simulate(plans["chain"], 1, keyframe_s, lambda f: per_frame * f),
         "bridge, 2 workers": simulate(plans["bridge"], 2, keyframe_s, lambda f: per_frame * f),
@@ -111,7 +111,7 @@ def main() -> None:
     if measured_path.exists():
         rows = json.loads(measured_path.read_text())["rows"]
         measured = {"chain, 1 worker": rows[1]["seconds"], "bridge, 2 workers": rows[2]["seconds"]}
-    print(f"measured on this CPU: keyframe {keyframe_s:.3f}s, 77-frame segment {segment_s:.3f}s (one thread)")
+    print(f"measured on this CPU: keyframe {keyframe_s:.3f}s, 81-frame segment {segment_s:.3f}s (one thread)")
     print(f"{'CPU check':<20} {'predicted s':>12} {'measured s':>11}")
     for name, predicted in check.items():
         print(f"{name:<20} {predicted:>12.1f} {measured.get(name, float('nan')):>11.1f}")
@@ -142,7 +142,7 @@ def main() -> None:
           "\none minute in one minute is not reached at 64 GPUs under these inputs")
     RESULTS.mkdir(exist_ok=True)
     record = {"benchmark": "scaling", "command": "python -m bench.scaling", "machine": _machine(),
-              "measured": {"keyframe_s": keyframe_s, "segment_77_frames_s": segment_s},
+              "measured": {"keyframe_s": keyframe_s, "segment_81_frames_s": segment_s},
               "cpu_check": {"predicted": check, "measured": measured},
               "inputs": {"wan_i2v_480p_forward_s": WAN_I2V_480P_FORWARD_S, "ulysses_speedup": ULYSSES_SPEEDUP,
                          "distilled_steps": DISTILLED_STEPS, "keyframe_s": KEYFRAME_S,

@@ -161,15 +161,16 @@ class RenderEngine:
         `plan`: the plan to render without a job. `check_request` False: the caller already checked `request`
         against the job's (one resume check)."""
         started = time.perf_counter()
-        if job is None:
-            run = self.open_run(plan or self.plan(request), out, None, on_progress)
-        else:
-            run = self.start_job(job, out, request if check_request else None, on_progress)
+        run = None
         try:
+            if job is None:
+                run = self.open_run(plan or self.plan(request), out, None, on_progress)
+            else:
+                run = self.start_job(job, out, request if check_request else None, on_progress)
             progress = self.dispatcher.drive(run)
-        except BaseException as err:
+        except BaseException as err:  # a plan refused at planning ends the job too, not only a failed run
             if job is not None:
-                job.end(err, run.progress)
+                job.end(err, run.progress if run is not None else None)
             raise
         if job is not None:
             job.end(None, progress)

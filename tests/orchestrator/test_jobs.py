@@ -72,3 +72,17 @@ def test_batch_entry_that_changed_since_its_job_is_a_row_error(tmp_path):
     (row,) = _start_entry(None, store, {"id": "fox", "prompt": "a wolf"}).values()  # no runner is reached
     assert row["state"] == "failed" and "prompt ('a fox' here, 'a wolf' given)" in row["error"]
     assert "new id" in row["error"]
+
+
+def test_the_lifecycle_refuses_a_transition_it_does_not_allow(tmp_path):
+    from orchestrator.jobs import JobStore
+    from orchestrator.request import RenderRequest
+
+    job = JobStore(tmp_path).create(RenderRequest(prompt="a fox"), job_id="j")
+    with pytest.raises(RuntimeError, match="cannot go from queued to done"):
+        job.update(state="done")
+    for state in ("planning", "rendering", "stitching"):
+        job.update(state=state)
+    assert job.end(None) == "done" and job.state().history == ["queued", "planning", "rendering", "stitching", "done"]
+    job.requeue()  # a re-run of a finished job starts over
+    assert job.end(ValueError("bad plan")) == "failed" and job.state().error == "ValueError: bad plan"

@@ -1,0 +1,69 @@
+"""A two-node Ray cluster on this machine (ray.cluster_utils.Cluster): a render whose groups sit on both nodes
+loses the second node mid-render. Run by tests/test_multinode.py in its own process (the test process is
+attached to the session's cluster). Prints one JSON line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import sys
+from pathlib import Path
+
+import numpy as np
+import ray
+from ray.cluster_utils import Cluster
+
+from actors.config import ParallelConfig
+from orchestrator.config import EngineConfig
+from orchestrator.engine import RenderEngine
+from orchestrator.jobs import JobStore
+from orchestrator.request import RenderRequest
+from pipeline.config import ModelConfig
+from pipeline.video_io import read_video
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def main(cache: Path, out: Path) -> None:
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "gcs_server_port": _free_port(), "ray_client_server_port": _free_port(),
+        "include_dashboard": False, "dashboard_agent_listen_port": _free_port(), "metrics_export_port": _free_port()})
+    second = cluster.add_node(num_cpus=1, dashboard_agent_listen_port=_free_port(), metrics_export_port=_free_port())
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, logging_level=logging.WARNING)
+    try:
+        parallel = ParallelConfig(workers=2, placement_timeout_s=5.0, group_restarts=1)
+        engine = RenderEngine(EngineConfig(model=ModelConfig(cache_dir=cache), parallel=parallel))
+        request = RenderRequest(prompt="a fox", duration_s=4.0, mode="bridge", segment_frames=21, overlap_frames=4)
+        try:
+            nodes = sorted({r["node"] for g in engine.pool.health() for r in g["ranks"]})
+            job = JobStore(out / "jobs").create(request, job_id="multinode")
+            removed = []
+
+            def remove_second_node(progress):  # mid-render by progress: keyframes rendered, segments due
+                if not removed and progress.keyframes_done == progress.keyframes_total:
+                    cluster.remove_node(second, allow_graceful=False)
+                    removed.append(progress.segments_total - progress.segments_done)
+
+            survived = engine.render(request, job.output, on_progress=remove_second_node, job=job)
+            clean = engine.render(request, out / "clean.mp4")
+            same = bool(np.array_equal(read_video(survived.path)[0], read_video(clean.path)[0]))
+            files = sorted(str(p.relative_to(job.dir)) for p in job.dir.rglob("*") if p.is_file())
+            report = {"nodes": len(nodes), "removed_with_segments_left": removed, "same_video": same,
+                      "state": job.state().state, "groups_left": len(engine.pool.groups), "job_files": files,
+                      "driver_on_head": ray.get_runtime_context().get_node_id() == cluster.head_node.node_id}
+        finally:
+            engine.shutdown()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))

@@ -1,0 +1,26 @@
+"""Multi-node, simulated on this machine: a head and a second node with its own CPU slot each hold a shard group;
+the second node is removed mid-render; the render completes with the same video, and the job files are written
+by the driver on the head (tests/multinode.py runs in its own process: this one is attached to the session's
+cluster)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+JOB_FILES = ["keyframes/00000.npy", "keyframes/00001.npy", "output.mp4", "plan.json", "request.json",
+             "segments/00000.npy", "segments/00001.npy", "segments/00002.npy", "segments/00003.npy", "state.json"]
+
+
+def test_render_survives_losing_a_node_with_the_same_video(tiny_cache, tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "multinode.py"), str(tiny_cache), str(tmp_path)],
+                          cwd=ROOT, env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["nodes"] == 2  # one group on each node
+    assert report["removed_with_segments_left"][0] >= 2  # removed mid-render
+    assert report["same_video"] and report["state"] == "done"
+    assert report["groups_left"] == 1  # the lost node's group was given up, the other finished the video
+    assert report["driver_on_head"] and report["job_files"] == JOB_FILES

@@ -145,7 +145,7 @@ class WorkerPool:
 
     def health(self) -> list[dict]:
         """Every rank's health report, grouped by shard group."""
-        return [dict(group=g.group_id, ranks=ray.get(g.call("health"))) for g in self.groups]
+        return [dict(group=g.group_id, ranks=ray.get(g.health())) for g in self.groups]
 
     def shutdown(self) -> None:
         """Stop every group, live or still starting."""

@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,15 @@ from pipeline.parallel import Rendezvous, collective_backend, free_port, init_pr
 logger = logging.getLogger(__name__)
 
 HEALTH_PROBE_S = 5.0
+
+
+@dataclass(frozen=True)
+class StepProgress:
+    """The denoising step of the segment a rank renders now (1-based, of `steps`)."""
+
+    task_id: str
+    step: int
+    steps: int
 
 
 class RenderCancelled(Exception):
@@ -46,7 +56,7 @@ class ShardRank:
         self.load_count = 0
         self.segments_rendered = 0
         self.keyframes_rendered = 0
-        self.current_step: dict | None = None
+        self.current_step: StepProgress | None = None
         self._cancelled: set[str] = set()
 
     def init_device(self) -> dict:
@@ -112,12 +122,12 @@ class ShardRank:
         self._cancelled.add(task_id)
 
     @ray.method(concurrency_group="control")
-    def progress(self) -> dict | None:
-        """{task_id, step, steps} of the segment rendering now, or None."""
+    def progress(self) -> StepProgress | None:
+        """The step of the segment rendering now, or None."""
         return self.current_step
 
     def _on_step(self, task_id: str, step: int, steps: int) -> None:
-        self.current_step = {"task_id": task_id, "step": step, "steps": steps}
+        self.current_step = StepProgress(task_id, step, steps)
         stop = task_id in self._cancelled
         if self.sequence.degree > 1:
             import torch
@@ -194,18 +204,30 @@ class ShardGroup:
             f"{waited_s:.0f}s; check `ray status` for free resources"
         )
 
-    def submit(self, method: str, *args) -> ray.ObjectRef:
-        """Run a render call; the returned ref is rank 0's result (the frames).
+    def render_keyframe(self, prompt: str, seed: int, width: int, height: int, steps: int,
+                        guidance: float) -> ray.ObjectRef:
+        """A T2I keyframe, on rank 0 alone (only it holds the T2I pipeline); resolves to uint8 (height, width, 3)."""
+        return self.ranks[0].keyframe.remote(prompt, seed, width, height, steps, guidance)
 
-        Segments run on every rank (the transformer is sharded); keyframes on rank 0 alone.
-        """
-        if method == "keyframe":
-            return getattr(self.ranks[0], method).remote(*args)
-        return self.call(method, *args)[0]
+    def render_segment(self, request: SegmentRequest, task_id: str = "") -> ray.ObjectRef:
+        """A segment, on every rank (the transformer is sharded); resolves to rank 0's frames, uint8
+        (num_frames, height, width, 3). `cancel(task_id)` stops it at its next denoising step."""
+        return self.call("segment", request, task_id)[0]
+
+    def cancel(self, task_id: str) -> None:
+        self.call("cancel", task_id)
+
+    def progress(self) -> ray.ObjectRef:
+        """Resolves to rank 0's StepProgress, or None when no segment renders (answered while one does)."""
+        return self.ranks[0].progress.remote()
+
+    def health(self) -> list[ray.ObjectRef]:
+        """One health report (a dict) per rank."""
+        return self.call("health")
 
     def dead_ranks(self) -> list[int]:
         """Ranks whose actor no longer answers a health probe."""
-        probes = self.call("health")
+        probes = self.health()
         ready, _ = ray.wait(probes, num_returns=len(probes), timeout=HEALTH_PROBE_S)
         dead = []
         for rank, probe in enumerate(probes):

@@ -68,12 +68,14 @@ class Group:
     def __init__(self, group_id: int, segment: np.ndarray):
         self.group_id, self.segment, self.ranks = group_id, segment, []
 
-    def submit(self, method: str, *args) -> Ref:
-        frames = self.segment[0] if method == "keyframe" else self.segment[:args[0].num_frames]
-        return Ref(frames, time.monotonic() + RENDER_S)
+    def render_keyframe(self, *args) -> Ref:
+        return Ref(self.segment[0], time.monotonic() + RENDER_S)
 
-    def call(self, method: str, *args) -> list:
-        return []
+    def render_segment(self, request, task_id: str = "") -> Ref:
+        return Ref(self.segment[:request.num_frames], time.monotonic() + RENDER_S)
+
+    def cancel(self, task_id: str) -> None:
+        pass
 
 
 class Pool:

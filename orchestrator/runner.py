@@ -141,13 +141,13 @@ class JobRunner:
         run = self._runs.get(job_id)
         if run is not None:
             for group, _task in self.engine.dispatcher.running_tasks(run):
-                ready, _ = ray.wait([ref := group.ranks[0].progress.remote()], timeout=1.0)
+                ready, _ = ray.wait([ref := group.progress()], timeout=1.0)
                 try:
                     current = ray.get(ref) if ready else None
                 except ray.exceptions.RayError:  # the group just died; the dispatcher rebuilds it
                     current = None
-                if current:
-                    state.progress.step, state.progress.steps = current["step"], current["steps"]
+                if current is not None:
+                    state.progress.step, state.progress.steps = current.step, current.steps
                     break
         return state.model_dump()
 

@@ -145,18 +145,18 @@ class PlanRun:
             if self.active:
                 self.pending.insert(0, task)
 
-    def call(self, task: Task) -> tuple[str, tuple]:
-        """The shard-group method and arguments that render `task`."""
+    def submit(self, task: Task, group: ShardGroup) -> ray.ObjectRef:
+        """Start rendering `task` on `group`; the ref resolves to its frames."""
         plan, spec = self.plan, task.spec
         if task.kind == "keyframe":
-            return "keyframe", (spec.prompt, spec.seed, plan.width, plan.height, plan.keyframe_steps,
-                                plan.keyframe_guidance)
+            return group.render_keyframe(spec.prompt, spec.seed, plan.width, plan.height, plan.keyframe_steps,
+                                         plan.keyframe_guidance)
         request = SegmentRequest(
             prompt=spec.prompt, seed=spec.seed, num_frames=spec.num_frames, width=plan.width, height=plan.height,
             first=self._frame(spec.first), last=self._frame(spec.last) if spec.last else None,
             steps=plan.steps, guidance=plan.guidance,
         )
-        return "segment", (request, task.task_id)
+        return group.render_segment(request, task.task_id)
 
     def complete(self, task: Task, result: np.ndarray) -> None:
         """Record a finished task: its frames condition what depends on them at once; the sink saves, counts
@@ -312,7 +312,7 @@ class Dispatcher:
         with self._lock:
             for group, owner, task in self._running.values():
                 if owner is run:
-                    group.call("cancel", task.task_id)
+                    group.cancel(task.task_id)
 
     def wants_work(self) -> bool:
         """Whether a group is idle with no ready task of any run (the runner then starts a queued job)."""
@@ -390,8 +390,7 @@ class Dispatcher:
             if task is None:
                 return
             group = self._idle.pop(0)
-            method, args = run.call(task)
-            ref = group.submit(method, *args)
+            ref = run.submit(task, group)
             self._running[ref] = (group, run, task)
             self._started[ref] = self.clock()
             self._deadlines[ref] = self._started[ref] + self.pool.parallel.task_timeout_s

@@ -50,13 +50,13 @@ def test_killed_rank_fails_the_group_call_within_timeout_and_group_is_rebuilt(ra
         first = np.zeros((128, 128, 3), np.uint8)
         request = SegmentRequest("a fox", 1, 81, 128, 128, first, steps=12)  # 11 steps left when killed
         victim = _pids(pool)[1]
-        ref = group.submit("segment", request, "t0")
+        ref = group.render_segment(request, "t0")
         deadline = time.monotonic() + 60
-        while (current := ray.get(group.ranks[0].progress.remote())) is None:  # kill mid-denoise, not on a timer
+        while (current := ray.get(group.progress())) is None:  # kill mid-denoise, not on a timer
             assert time.monotonic() < deadline, "the segment never reported a denoising step"
             time.sleep(0.01)
         os.kill(victim, signal.SIGKILL)
-        assert current["step"] < current["steps"]
+        assert current.task_id == "t0" and current.step < current.steps
         started = time.monotonic()
         with pytest.raises(ray.exceptions.RayError) as failure:
             ray.get(ref, timeout=timeout_s + 30)
@@ -66,7 +66,7 @@ def test_killed_rank_fails_the_group_call_within_timeout_and_group_is_rebuilt(ra
 
         fresh = pool.rebuild(group)
         assert pool.groups == [fresh] and victim not in _pids(pool)
-        frames = ray.get(fresh.submit("segment", SegmentRequest("a fox", 1, 9, 64, 64, first[:64, :64])))
+        frames = ray.get(fresh.render_segment(SegmentRequest("a fox", 1, 9, 64, 64, first[:64, :64])))
         assert frames.shape == (9, 64, 64, 3)
         assert {r["load_count"] for g in pool.health() for r in g["ranks"]} == {1}
     finally:

@@ -78,21 +78,23 @@ class FakeGroup:
             self.futures.values[loaded] = died("load") if self.start_outcome == "dies" else None
         return [placed, loaded]
 
-    def submit(self, method: str, *args) -> Ref:
-        ref = Ref(f"g{self.group_id}.{method}")
-        self.submitted.append(method)
+    def render_keyframe(self, prompt, seed, width, height, steps, guidance) -> Ref:
+        return self._render("keyframe", (height, width, 3))
+
+    def render_segment(self, request, task_id="") -> Ref:
+        return self._render("segment", (request.num_frames, request.height, request.width, 3))
+
+    def _render(self, kind: str, shape: tuple) -> Ref:
+        ref = Ref(f"g{self.group_id}.{kind}")
+        self.submitted.append(kind)
         if self.behaviour == "dies":
-            self.futures.values[ref] = died(method)
-        elif self.behaviour == "render" and method == "keyframe":
-            _prompt, _seed, width, height, *_ = args
-            self.futures.values[ref] = np.zeros((height, width, 3), np.uint8)
+            self.futures.values[ref] = died(kind)
         elif self.behaviour == "render":
-            request = args[0]
-            self.futures.values[ref] = np.zeros((request.num_frames, request.height, request.width, 3), np.uint8)
+            self.futures.values[ref] = np.zeros(shape, np.uint8)
         return ref
 
-    def call(self, method: str, *args) -> list[Ref]:
-        return []
+    def cancel(self, task_id: str) -> None:
+        pass
 
     def breaks_on(self, err: Exception) -> bool:
         return isinstance(err, ray.exceptions.RayActorError)

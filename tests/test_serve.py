@@ -624,7 +624,9 @@ def test_studio_page_renders_a_storyboard_and_plays_it(api, browser, tmp_path):
     field("submit").click()
     until(lambda: field("job-id").text not in ("", video_id))
     long_id = field("job-id").text
-    browser.find_element(By.CSS_SELECTOR, f'tr[data-id="{long_id}"] button.cancel').click()
+    cancel = f'tr[data-id="{long_id}"] button.cancel'
+    until(lambda: browser.find_elements(By.CSS_SELECTOR, cancel))  # the jobs list refreshes after the submit
+    browser.find_element(By.CSS_SELECTOR, cancel).click()
     until(lambda: browser.find_element(By.CSS_SELECTOR, f'tr[data-id="{long_id}"] td.status').text == "cancelled")
     until(lambda: field("status").text == "cancelled", 10)  # the watched video's events end there too
     assert _get(client, {"id": long_id})["error"]["code"] == "cancelled"

@@ -318,7 +318,7 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train tiny", unit="step", mininterval=30.0)
         with log.open("a") as out:
             while self.step < self.total_steps and time.monotonic() - started < seconds:
-                if stage_at(self.step) == (STAGES[2], 0):
+                if stage_at(self.step)[1] == 0 and self.stage.name == "keyframe":
                     self.start_keyframe_text()
                 for group in self.optimizer.param_groups:
                     group["lr"] = self.learning_rate()

@@ -108,26 +108,23 @@ def keyframes(generator, scenes) -> dict:
             "shape_accuracy": round(float(np.mean(shape)), 3)}
 
 
-def _area(frame: np.ndarray, thing: world.Thing, background: str) -> int:
-    return int(world.object_mask(frame, thing.colour, background).sum())
-
-
 def chains(generator, scenes) -> dict:
     from pipeline.generate import SegmentRequest
 
     error, growth, shape, keyframe_shape = [], [], [], []
     for seed, scene in enumerate(scenes):
-        thing, caption = scene.things[0], world.caption(scene)
-        first = world.render_clip(scene, 1)[0]
-        true_area = _area(first, thing, scene.background)
-        for k in range(CHAIN_SEGMENTS):
-            first = generator.segment(SegmentRequest(caption, seed * 100 + k, FRAMES, 128, 128, first))[STRIDE]
-        error.append(_error(first, thing, scene.background, CHAIN_SEGMENTS * STRIDE))
-        growth.append(_area(first, thing, scene.background) / true_area)
-        shape.append(world.shape_of(world.object_mask(first, thing.colour, scene.background)) == thing.shape)
+        thing, caption, background = scene.things[0], world.caption(scene), scene.background
+        frame = world.render_clip(scene, 1)[0]
+        true_area = world.object_mask(frame, thing.colour, background).sum()
+        for k in range(CHAIN_SEGMENTS):  # each segment starts from frame STRIDE of the one before
+            frame = generator.segment(SegmentRequest(caption, seed * 100 + k, FRAMES, 128, 128, frame))[STRIDE]
+        end = world.object_mask(frame, thing.colour, background)
+        error.append(_error(frame, thing, background, CHAIN_SEGMENTS * STRIDE))
+        growth.append(end.sum() / true_area)
+        shape.append(world.shape_of(end) == thing.shape)
         keyframe = generator.keyframe(caption, seed, 128, 128)
         later = generator.segment(SegmentRequest(caption, seed, FRAMES, 128, 128, keyframe))[STRIDE]
-        keyframe_shape.append(world.shape_of(world.object_mask(later, thing.colour, scene.background)) == thing.shape)
+        keyframe_shape.append(world.shape_of(world.object_mask(later, thing.colour, background)) == thing.shape)
     return {"segments": CHAIN_SEGMENTS, "end_localisation_px": round(float(np.mean(error)), 2),
             "end_area_ratio": round(float(np.median(growth)), 2), "end_shape_accuracy": round(float(np.mean(shape)), 3),
             "from_keyframe_shape_accuracy": round(float(np.mean(keyframe_shape)), 3)}

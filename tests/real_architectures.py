@@ -136,28 +136,148 @@ def flux_schnell(folder: Path) -> Path:
     return folder
 
 
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                r"\s*[\r\n]+|\s+(?!\S)|\s+")  # Llama 3's pre-tokenizer
+LLAMA3_SPECIAL = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+                  "<image>", "<pad>", "<unk>")
+
+
+def llava_tokenizer(words: str = "a fox in snow"):
+    """LLaVA-Llama-3's tokenizer as the HunyuanVideo-I2V pipeline uses it: Llama 3's pre-tokenizer and header tokens,
+    `<image>`, and a word-level vocabulary of its prompt template's words (and of `words`; others are <unk>). Each
+    of the template's words is one token, as in the real vocabulary, so the template tokenizes as the real one does:
+    `<image>` at index 5 (image_emb_start) and the user's text from index 103 (crop_start)."""
+    import re
+
+    from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video_image2video import DEFAULT_PROMPT_TEMPLATE
+    from tokenizers import AddedToken, Regex, Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    split = pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated")
+    text = DEFAULT_PROMPT_TEMPLATE["template"].format(words)
+    vocab = {token: i for i, token in enumerate(LLAMA3_SPECIAL)}
+    for part in re.split("|".join(map(re.escape, LLAMA3_SPECIAL)), text):
+        for word, _ in split.pre_tokenize_str(part):
+            vocab.setdefault(word, len(vocab))
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = split
+    tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in LLAMA3_SPECIAL])
+    tokenizer.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A",
+                                                             special_tokens=[("<|begin_of_text|>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|begin_of_text|>",
+                                   eos_token="<|end_of_text|>", pad_token="<pad>", unk_token="<unk>")
+
+
+def clip_tokenizer():
+    """CLIP's BPE tokenizer over the byte alphabet with no merges (each character a token)."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import CLIPTokenizer
+
+    chars = sorted(ByteLevel.alphabet())
+    tokens = [*chars, *(c + "</w>" for c in chars), "<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(vocab={token: i for i, token in enumerate(tokens)}, merges=[], model_max_length=77)
+
+
+HY_DIM, HY_HEADS, HY_BLOCKS = 32, 2, 2
+
+
+def hunyuan_i2v(folder: Path) -> Path:
+    """HunyuanVideo-I2V's layout: a dual/single-stream transformer with token_replace image conditioning (the first
+    latent frame is the image's) and embedded guidance, the 16-channel causal VAE (8x spatial, 4x temporal stride),
+    a LLaVA text encoder whose CLIP vision tower sees the image (336 pixels, patch 14: the template's 576 image
+    tokens), and CLIP-L's text encoder for the pooled prompt."""
+    from diffusers import (
+        AutoencoderKLHunyuanVideo,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideoImageToVideoPipeline,
+        HunyuanVideoTransformer3DModel,
+    )
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
+
+    tokenizer, tokenizer_2 = llava_tokenizer(), clip_tokenizer()
+    torch.manual_seed(0)
+    llama = LlamaConfig(vocab_size=len(tokenizer), hidden_size=TEXT_DIM, intermediate_size=64, num_hidden_layers=3,
+                        num_attention_heads=4, num_key_value_heads=2, bos_token_id=tokenizer.bos_token_id,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    vision = CLIPVisionConfig(hidden_size=IMAGE_DIM, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=336, patch_size=14, projection_dim=32)
+    text_encoder = LlavaForConditionalGeneration(LlavaConfig(
+        vision_config=vision, text_config=llama, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        pad_token_id=tokenizer.pad_token_id, projector_hidden_act="gelu"))
+    text_encoder_2 = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer_2), hidden_size=TEXT_DIM, intermediate_size=37, num_hidden_layers=2,
+        num_attention_heads=4, projection_dim=32, bos_token_id=tokenizer_2.bos_token_id,
+        eos_token_id=tokenizer_2.eos_token_id, pad_token_id=tokenizer_2.pad_token_id))
+    vae = AutoencoderKLHunyuanVideo(latent_channels=16, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+                                    norm_num_groups=4, spatial_compression_ratio=8, temporal_compression_ratio=4)
+    torch.manual_seed(1)
+    transformer = HunyuanVideoTransformer3DModel(
+        in_channels=16, out_channels=16, num_attention_heads=HY_HEADS, attention_head_dim=HY_DIM // HY_HEADS,
+        num_layers=HY_BLOCKS, num_single_layers=1, num_refiner_layers=1, mlp_ratio=4.0, patch_size=2, patch_size_t=1,
+        qk_norm="rms_norm", guidance_embeds=True, text_embed_dim=TEXT_DIM, pooled_projection_dim=TEXT_DIM,
+        rope_theta=256.0, rope_axes_dim=(4, 6, 6), image_condition_type="token_replace")
+    HunyuanVideoImageToVideoPipeline(
+        text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
+        image_processor=CLIPImageProcessor(crop_size=336, size={"shortest_edge": 336}),
+    ).save_pretrained(folder)
+    return folder
+
+
+def write_hunyuan_lora(path: Path, seed: int, rank: int = 4, std: float = 0.3) -> Path:
+    """A LoRA for the reduced HunyuanVideo transformer in the original key layout (Tencent's, musubi-tuner's:
+    `diffusion_model.double_blocks.N.img_attn_qkv.lora_A.weight`, q, k and v fused), on every dual-stream block's
+    attention and feed-forward layers, which diffusers' lora_state_dict converts."""
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(seed)
+    ffn = int(HY_DIM * 4.0)
+    layers = [(f"{stream}_{name}", width_in, width_out) for stream in ("img", "txt") for name, width_in, width_out in
+              (("attn_qkv", HY_DIM, 3 * HY_DIM), ("attn_proj", HY_DIM, HY_DIM), ("mlp.fc1", HY_DIM, ffn),
+               ("mlp.fc2", ffn, HY_DIM))]
+    state = {}
+    for block in range(HY_BLOCKS):
+        for name, width_in, width_out in layers:
+            key = f"diffusion_model.double_blocks.{block}.{name}"
+            state[f"{key}.lora_A.weight"] = torch.randn(rank, width_in, generator=generator) * std
+            state[f"{key}.lora_B.weight"] = torch.randn(width_out, rank, generator=generator) * std
+    save_file(state, str(path))
+    return path
+
+
 I2V_BUILDERS = {
     "wan2.1-i2v-480p": wan21_i2v, "wan2.1-i2v-720p": wan21_i2v, "wan2.1-i2v-480p-4step": wan21_i2v,
     "wan2.1-flf2v-720p": wan21_flf2v, "wan2.2-i2v-a14b": wan22_i2v_a14b, "wan2.2-i2v-a14b-4step": wan22_i2v_a14b,
-    "wan2.2-ti2v-5b": wan22_ti2v_5b,
+    "wan2.2-ti2v-5b": wan22_ti2v_5b, "hunyuanvideo-i2v": hunyuan_i2v,
 }
 
 
-def synthetic_lora(folder: Path, name: str, seed: int, image: bool = False) -> Path:
-    """A LoRA for the reduced Wan transformers in the original Wan key layout (as lightx2v and Kijai ship them)."""
-    return write_wan_lora(folder / f"{name}.safetensors", blocks=WAN_BLOCKS, dim=WAN_DIM, ffn=WAN_FFN, seed=seed,
-                          image=image)
+def synthetic_lora(folder: Path, name: str, seed: int, preset: str) -> Path:
+    """A LoRA for `preset`'s reduced transformers in its family's original key layout (Wan's as lightx2v and Kijai
+    ship them, with the image cross-attention where the model has one; HunyuanVideo's as Tencent's)."""
+    path = folder / f"{name}.safetensors"
+    if I2V_BUILDERS[preset] is hunyuan_i2v:
+        return write_hunyuan_lora(path, seed)
+    return write_wan_lora(path, blocks=WAN_BLOCKS, dim=WAN_DIM, ffn=WAN_FFN, seed=seed,
+                          image=I2V_BUILDERS[preset] in (wan21_i2v, wan21_flf2v))
 
 
 def preset_file(name: str, folder: Path) -> Path:
     """Shipped preset `name` as a preset file on reduced checkpoints built in `folder`; each LoRA the preset
     fuses (lightx2v's, on the hub) is replaced by a synthetic one of the same target."""
     fields = load_preset(name).model_dump(mode="json")
-    image = I2V_BUILDERS[name] in (wan21_i2v, wan21_flf2v)
     fields.update(
         name=f"{name}-cpu", i2v_model=str(I2V_BUILDERS[name](folder / "i2v")),
         t2i_model=str(flux_schnell(folder / "t2i")),
-        loras=[{"source": str(synthetic_lora(folder, f"{lora['target']}_lora", i + 1, image)), "target": lora["target"]}
+        loras=[{"source": str(synthetic_lora(folder, f"{lora['target']}_lora", i + 1, name)), "target": lora["target"]}
                for i, lora in enumerate(fields["loras"])],
         t2i_max_sequence_length=32,
     )

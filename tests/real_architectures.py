@@ -2,10 +2,11 @@
 preset file pointing the real preset at them: the CPU form of the GPU path (same pipeline classes and kwargs,
 LoRA conversion, quantization order and context-parallel plan), for `pytest -m real_architecture`.
 
-Reduced: 1-2 layers, hidden sizes of 32-64, a VAE of base width 4; ByT5 byte tokenizers stand in for the
-sentencepiece ones (their vocabularies are downloads). Kept: the layouts (two Wan 2.2 experts with
-boundary_ratio 0.9, 16 latent channels + 4 mask + 16 condition = 36 transformer inputs, patch 1x2x2 over an
-8x-stride causal VAE, a FLUX transformer with CLIP and T5 encoders for keyframes).
+Reduced: 1-3 layers, hidden sizes of 32-64, a VAE of base width 4-8; ByT5 byte tokenizers stand in for the
+sentencepiece ones and tokenizers built in code for LLaVA-Llama-3's and CLIP's (their vocabularies are downloads).
+Kept: the layouts (two Wan 2.2 experts with boundary_ratio 0.9, 16 latent channels + 4 mask + 16 condition = 36
+transformer inputs, patch 1x2x2 over an 8x-stride causal VAE, HunyuanVideo-I2V's token_replace conditioning and
+576 LLaVA image tokens, a FLUX transformer with CLIP and T5 encoders for keyframes).
 """
 
 from __future__ import annotations

@@ -94,9 +94,18 @@ class ShardRank:
         logger.info("rank %d loaded %s in %.1fs", self.rank, self.model.preset, time.perf_counter() - started)
 
     def warmup(self) -> None:
-        preset = self._loaded().preset
-        if self.generator.t2i is not None:
-            self.generator.keyframe("warmup", 0, preset.spatial_multiple * 2, preset.spatial_multiple * 2, steps=1)
+        """One denoising step of the shortest segment longer than a frame (on every rank together: the transformer
+        is sharded), then of a keyframe on rank 0 (which alone holds the T2I pipeline), both at twice the spatial
+        multiple, so the first real task does not pay the pipelines' one-time costs."""
+        generator = self._loaded()
+        preset = generator.preset
+        size = preset.spatial_multiple * 2
+        frames = next(n for n in range(2, preset.max_frames + 1) if preset.is_valid_length(n))
+        first = np.zeros((size, size, 3), np.uint8)
+        generator.segment(SegmentRequest("warmup", 0, frames, size, size, first,
+                                         last=first if preset.requires_last_frame else None, steps=1))
+        if generator.t2i is not None:
+            generator.keyframe("warmup", 0, size, size, steps=1)
 
     def keyframe(self, prompt: str, seed: int, width: int, height: int, steps: int, guidance: float) -> np.ndarray:
         frame = self._loaded().keyframe(prompt, seed, width, height, steps=steps, guidance=guidance)

@@ -25,6 +25,10 @@ class ParallelConfig(BaseModel):
     )
     cpus_per_rank: int = Field(1, ge=1, description="CPU cores Ray reserves for each rank (its torch threads).")
     placement_timeout_s: float = Field(120.0, gt=0, description="How long to wait for a group's placement group.")
+    load_timeout_s: float = Field(
+        1800.0, gt=0, description="How long a placed group's ranks may take to initialise, load the model and warm "
+                                  "up before the start counts as failed (a hung rank) and is started again."
+    )
     task_timeout_s: float = Field(
         900.0, gt=0, description="A keyframe or segment running longer is stopped, its group rebuilt, and retried."
     )

@@ -26,12 +26,17 @@ def cluster_devices(parallel: ParallelConfig) -> tuple[bool, int]:
 
 class GroupStart:
     """One shard group on its way up: the refs of its start-up phases (placement, init_device, rendezvous,
-    load, warmup), polled without blocking. `attempt` counts the starts of this group slot in a row."""
+    load, warmup), polled without blocking. `attempt` counts the starts of this group slot in a row.
 
-    def __init__(self, group: ShardGroup, attempt: int, placement_timeout_s: float, clock=time.monotonic):
-        self.group, self.attempt = group, attempt
-        self.placement_timeout_s = placement_timeout_s
+    Two deadlines: the placement group within `placement_timeout_s` of the start, then every rank's
+    initialisation, load and warm-up within `load_timeout_s` of the placement (a rank that hangs without dying)."""
+
+    def __init__(self, group: ShardGroup, attempt: int, placement_timeout_s: float, load_timeout_s: float,
+                 clock=time.monotonic):
+        self.group, self.attempt, self.clock = group, attempt, clock
+        self.placement_timeout_s, self.load_timeout_s = placement_timeout_s, load_timeout_s
         self.placed_by = clock() + placement_timeout_s
+        self.loaded_by: float | None = None  # set once the placement group is ready
         self.refs = group.start()
         self.pending = set(self.refs)
 
@@ -39,17 +44,29 @@ class GroupStart:
     def placement_ref(self) -> ray.ObjectRef:
         return self.refs[0]
 
+    @property
+    def deadline(self) -> float | None:
+        """When the phase this start waits on times out (placement, then load and warm-up); None once started."""
+        if self.placement_ref in self.pending:
+            return self.placed_by
+        return self.loaded_by if self.pending else None
+
     def settle(self, ref: ray.ObjectRef) -> bool:
         """Record that `ref` resolved; raise its error (a rank died, its load failed); True once all did."""
         self.pending.discard(ref)
+        if ref == self.placement_ref:
+            self.loaded_by = self.clock() + self.load_timeout_s
         ray.get(ref)
         return not self.pending
 
     def overdue(self, now: float) -> RuntimeError | None:
-        """The error to fail this start with if its placement group is still not ready at `now`."""
-        if self.placement_ref in self.pending and now >= self.placed_by:
+        """The error to fail this start with if the phase it waits on is past its deadline at `now`."""
+        deadline = self.deadline
+        if deadline is None or now < deadline:
+            return None
+        if self.placement_ref in self.pending:
             return self.group.placement_error(self.placement_timeout_s)
-        return None
+        return self.group.load_error(self.load_timeout_s)
 
 
 class WorkerPool:
@@ -86,7 +103,7 @@ class WorkerPool:
         """Create group `group_id` and start its phases; nothing waits (poll the returned GroupStart)."""
         group = ShardGroup(group_id, self.model, self.parallel, self.use_gpu, self.rank_class)
         self._created = [g for g in self._created if not g.closed] + [group]
-        return GroupStart(group, attempt, self.parallel.placement_timeout_s)
+        return GroupStart(group, attempt, self.parallel.placement_timeout_s, self.parallel.load_timeout_s)
 
     def restart(self, start: GroupStart, err: Exception) -> GroupStart | None:
         """After `start` failed with `err`: shut its group down and begin the next attempt, or None when
@@ -103,31 +120,38 @@ class WorkerPool:
     def _await(self, starts: list[GroupStart]) -> list[ShardGroup]:
         """Wait until every start is ready or out of attempts; the ready groups in slot order. A placement
         group that cannot be had is a RuntimeError at once (the cluster lacks the room; check `ray status`);
-        no group at all is a RuntimeError naming each slot's last failure."""
+        a group that dies, fails or hangs past `load_timeout_s` in a later phase is started again; no group at
+        all is a RuntimeError naming each slot's last failure."""
         live, failures, waiting = [], {}, {ref: s for s in starts for ref in s.refs}
+
+        def failed(start: GroupStart, err: Exception) -> None:
+            failures[start.group.group_id] = last_line(err)
+            for other in start.refs:
+                waiting.pop(other, None)
+            if (fresh := self.restart(start, err)) is not None:
+                starts.append(fresh)  # the caller shuts down every start if this raises
+                waiting.update((r, fresh) for r in fresh.refs)
+
         while waiting:
-            now, placing = time.monotonic(), []
+            now = time.monotonic()
             for start in {id(s): s for s in waiting.values()}.values():
                 if (err := start.overdue(now)) is not None:
-                    raise err
-                if start.placement_ref in start.pending:
-                    placing.append(start.placed_by - now)
-            done, _ = ray.wait(list(waiting), num_returns=1, timeout=max(min(placing), 0.0) if placing else None)
-            for ref in done:
+                    if start.placement_ref in start.pending:
+                        raise err
+                    failed(start, err)
+            if not waiting:
+                break
+            deadlines = [d for s in {id(s): s for s in waiting.values()}.values() if (d := s.deadline) is not None]
+            timeout = max(min(deadlines) - now, 0.0) if deadlines else None
+            for ref in ray.wait(list(waiting), num_returns=1, timeout=timeout)[0]:
                 start = waiting.pop(ref, None)
                 if start is None:
                     continue
                 try:
                     if start.settle(ref):
                         live.append(start.group)
-                    continue
                 except ray.exceptions.RayError as err:
-                    failures[start.group.group_id] = last_line(err)
-                    for other in start.refs:
-                        waiting.pop(other, None)
-                    if (fresh := self.restart(start, err)) is not None:
-                        starts.append(fresh)
-                        waiting.update((r, fresh) for r in fresh.refs)
+                    failed(start, err)
         if not live:
             raise RuntimeError("no shard group could start: " + "; ".join(
                 f"group {i}: {cause}" for i, cause in sorted(failures.items())))

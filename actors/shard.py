@@ -213,6 +213,12 @@ class ShardGroup:
             f"{waited_s:.0f}s; check `ray status` for free resources"
         )
 
+    def load_error(self, waited_s: float) -> RuntimeError:
+        return RuntimeError(
+            f"shard group {self.group_id} did not initialise, load and warm up within {waited_s:.0f}s of its "
+            "placement (a rank hangs?); check the ranks' logs, or raise load_timeout_s for a slow model store"
+        )
+
     def render_keyframe(self, prompt: str, seed: int, width: int, height: int, steps: int,
                         guidance: float) -> ray.ObjectRef:
         """A T2I keyframe, on rank 0 alone (only it holds the T2I pipeline); resolves to uint8 (height, width, 3)."""

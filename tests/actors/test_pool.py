@@ -13,8 +13,8 @@ import pytest
 import ray
 
 from actors.config import ParallelConfig
-from actors.pool import WorkerPool
-from actors.shard import ShardRank
+from actors.pool import GroupStart, WorkerPool
+from actors.shard import ShardGroup, ShardRank
 from orchestrator.config import EngineConfig
 from orchestrator.request import RenderRequest
 from pipeline.config import ModelConfig, SequenceParallelConfig
@@ -138,3 +138,66 @@ def test_pool_whose_group_never_starts_fails_with_the_cause(ray_cluster, tiny_ca
     with pytest.raises(RuntimeError, match=r"no shard group could start: group 0: .*(died|exited)") as failure:
         WorkerPool(ModelConfig(cache_dir=tiny_cache), parallel, rank_dying_in("load", 0, marker, times=5))
     assert len(deaths(marker)) == 2, failure.value  # the first start and one restart
+
+
+def rank_hanging_in_load(marker: Path, times: int) -> type[ShardRank]:
+    """A ShardRank whose load hangs (the rank stays alive and answers health probes) the first `times` times any
+    rank gets there; each hang writes `marker`.N."""
+
+    def load(self) -> None:
+        for n in range(times):
+            try:
+                os.close(os.open(f"{marker}.{n}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                continue
+            time.sleep(3600)
+        ShardRank.load(self)
+
+    return type("HangingRank", (ShardRank,), {"load": load})
+
+
+class _StartingGroup:
+    """What GroupStart needs of a ShardGroup: its start-up refs (resolved, but settled only when a test says)."""
+
+    group_id, ranks, bundle = 3, [None], {"CPU": 1}
+    placement_error, load_error = ShardGroup.placement_error, ShardGroup.load_error
+
+    def start(self) -> list:
+        return [ray.put(None) for _ in range(3)]
+
+
+def test_group_start_times_out_its_placement_then_its_load_and_warmup(ray_cluster):
+    now = [100.0]
+    start = GroupStart(_StartingGroup(), 1, placement_timeout_s=10, load_timeout_s=60, clock=lambda: now[0])
+    assert start.deadline == 110 and start.overdue(109.9) is None
+    assert "within 10s; check `ray status`" in str(start.overdue(110))
+    now[0] = 105.0
+    start.settle(start.placement_ref)  # placed at 105: initialised, loaded and warm by 165
+    assert start.deadline == 165 and start.overdue(164.9) is None
+    assert "did not initialise, load and warm up within 60s" in str(start.overdue(165))
+    assert not start.settle(start.refs[1]) and start.settle(start.refs[2])
+    assert start.deadline is None and start.overdue(1e9) is None
+
+
+def test_pool_start_restarts_a_group_whose_rank_hangs_in_load(ray_cluster, tiny_cache, tmp_path):
+    load_timeout_s = 30.0  # well over the tiny model's initialisation, load and warm-up here
+    parallel = ParallelConfig(workers=1, group_restarts=1, load_timeout_s=load_timeout_s)
+    started = time.monotonic()
+    pool = WorkerPool(ModelConfig(cache_dir=tiny_cache), parallel, rank_hanging_in_load(tmp_path / "hung", times=1))
+    try:
+        waited = time.monotonic() - started
+        (group,) = pool.health()
+    finally:
+        pool.shutdown()
+    assert (tmp_path / "hung.0").exists() and load_timeout_s <= waited < 3 * load_timeout_s
+    assert [(r["rank"], r["load_count"]) for r in group["ranks"]] == [(0, 1)]
+
+
+def test_pool_whose_group_never_gets_warm_fails_with_the_timeout_in_bounded_time(ray_cluster, tiny_cache, tmp_path):
+    # 2 s from placement: each of the two starts times out in whichever phase it is (initialising, or hung in load).
+    parallel = ParallelConfig(workers=1, group_restarts=1, load_timeout_s=2.0)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"no shard group could start: group 0: shard group 0 did not initialise, "
+                                           r"load and warm up within 2s"):
+        WorkerPool(ModelConfig(cache_dir=tiny_cache), parallel, rank_hanging_in_load(tmp_path / "hung", times=5))
+    assert time.monotonic() - started < 30

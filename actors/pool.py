@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import ray
 
 from actors.config import ParallelConfig
-from actors.shard import ShardGroup, ShardRank, last_line
+from actors.shard import RankHealth, ShardGroup, ShardRank, last_line
 from pipeline.config import ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -22,6 +23,18 @@ def cluster_devices(parallel: ParallelConfig) -> tuple[bool, int]:
     if use_gpu:
         return True, gpus // parallel.sp_degree
     return False, int(resources.get("CPU", 1)) // (parallel.sp_degree * parallel.cpus_per_rank)
+
+
+@dataclass(frozen=True)
+class GroupHealth:
+    """One shard group's health: its slot and each rank's report, in rank order."""
+
+    group: int
+    ranks: tuple[RankHealth, ...]
+
+    def as_dict(self) -> dict:
+        """JSON-ready: {"group": slot, "ranks": [each rank's fields]}."""
+        return {"group": self.group, "ranks": [rank.as_dict() for rank in self.ranks]}
 
 
 class GroupStart:
@@ -167,9 +180,9 @@ class WorkerPool:
         logger.warning("rebuilt shard group %d", group.group_id)
         return fresh
 
-    def health(self) -> list[dict]:
-        """Every rank's health report, grouped by shard group."""
-        return [dict(group=g.group_id, ranks=ray.get(g.health())) for g in self.groups]
+    def health(self) -> list[GroupHealth]:
+        """Every live group's ranks' health reports."""
+        return [GroupHealth(g.group_id, tuple(ray.get(g.health()))) for g in self.groups]
 
     def shutdown(self) -> None:
         """Stop every group, live or still starting."""

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,32 @@ class StepProgress:
     steps: int
 
 
+@dataclass(frozen=True)
+class RankHealth:
+    """What one rank reports about itself: where it runs (device, CPU slots, collective backend, process, Ray node),
+    what it holds (preset, quantization, whether the T2I pipeline is loaded) and what it has done (counts)."""
+
+    rank: int
+    world_size: int
+    device: str
+    gpu_ids: tuple[str, ...]
+    cpus: int
+    backend: str | None
+    pid: int
+    node: str
+    preset: str | None
+    quantize: str
+    quantized_components: tuple[str, ...]
+    keyframe_pipeline: bool
+    load_count: int
+    segments_rendered: int
+    keyframes_rendered: int
+
+    def as_dict(self) -> dict:
+        """The record as JSON-ready fields (lists for tuples)."""
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+
+
 class RenderCancelled(Exception):
     """A render call stopped at a denoising step because its task was cancelled."""
 
@@ -59,7 +85,7 @@ class ShardRank:
         self.current_step: StepProgress | None = None
         self._cancelled: set[str] = set()
 
-    def init_device(self) -> dict:
+    def init_device(self) -> RankHealth:
         """Take the device and CPU allotment Ray assigned to this actor; size torch's threads to it."""
         import torch
 
@@ -153,17 +179,16 @@ class ShardRank:
         return fn(self, *args)
 
     @ray.method(concurrency_group="control")
-    def health(self) -> dict:
-        return {
-            "rank": self.rank, "world_size": self.sequence.degree, "device": self.device, "gpu_ids": self.gpu_ids,
-            "cpus": self.cpus, "backend": self.backend, "pid": os.getpid(),
-            "node": ray.get_runtime_context().get_node_id(),
-            "preset": self.model.preset if self.generator else None, "quantize": self.model.quantize,
-            "quantized_components": self.generator.quantized if self.generator else [],
-            "keyframe_pipeline": self.generator is not None and self.generator.t2i is not None,
-            "load_count": self.load_count, "segments_rendered": self.segments_rendered,
-            "keyframes_rendered": self.keyframes_rendered,
-        }
+    def health(self) -> RankHealth:
+        return RankHealth(
+            rank=self.rank, world_size=self.sequence.degree, device=self.device, gpu_ids=tuple(self.gpu_ids),
+            cpus=self.cpus, backend=self.backend, pid=os.getpid(), node=ray.get_runtime_context().get_node_id(),
+            preset=self.model.preset if self.generator else None, quantize=self.model.quantize,
+            quantized_components=tuple(self.generator.quantized) if self.generator else (),
+            keyframe_pipeline=self.generator is not None and self.generator.t2i is not None,
+            load_count=self.load_count, segments_rendered=self.segments_rendered,
+            keyframes_rendered=self.keyframes_rendered,
+        )
 
     def _loaded(self):
         if self.generator is None:
@@ -237,7 +262,7 @@ class ShardGroup:
         return self.ranks[0].progress.remote()
 
     def health(self) -> list[ray.ObjectRef]:
-        """One health report (a dict) per rank."""
+        """One ref per rank, resolving to its RankHealth."""
         return self.call("health")
 
     def dead_ranks(self) -> list[int]:

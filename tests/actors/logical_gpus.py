@@ -21,7 +21,7 @@ if __name__ == "__main__":
     parallel = ParallelConfig(sequence=SequenceParallelConfig(degree=2))
     use_gpu, groups = cluster_devices(parallel)
     group = ShardGroup(0, ModelConfig(), parallel, use_gpu=use_gpu)
-    ranks = ray.get(group.call("init_device"))
+    ranks = [health.as_dict() for health in ray.get(group.call("init_device"))]
     visible = ray.get(group.call("execute", _visible))
     group.shutdown()
     print(json.dumps({"use_gpu": use_gpu, "groups": groups, "ranks": ranks, "visible": visible}))

@@ -38,7 +38,7 @@ def test_logical_gpus_give_each_rank_its_own_gpu_cuda_device_and_nccl():
 
 
 def _pids(pool):
-    return [rank["pid"] for group in pool.health() for rank in group["ranks"]]
+    return [rank.pid for group in pool.health() for rank in group.ranks]
 
 
 def test_killed_rank_fails_the_group_call_within_timeout_and_group_is_rebuilt(ray_cluster, tiny_cache):
@@ -68,7 +68,7 @@ def test_killed_rank_fails_the_group_call_within_timeout_and_group_is_rebuilt(ra
         assert pool.groups == [fresh] and victim not in _pids(pool)
         frames = ray.get(fresh.render_segment(SegmentRequest("a fox", 1, 9, 64, 64, first[:64, :64])))
         assert frames.shape == (9, 64, 64, 3)
-        assert {r["load_count"] for g in pool.health() for r in g["ranks"]} == {1}
+        assert {r.load_count for g in pool.health() for r in g.ranks} == {1}
     finally:
         pool.shutdown()
 
@@ -101,12 +101,12 @@ def test_int8_render_through_ray(ray_cluster, tiny_cache, tmp_path):
     engine = RenderEngine(config)
     try:
         result = engine.render(RenderRequest(prompt="a fox", duration_s=2.0, mode="chain"), tmp_path / "q.mp4")
-        (rank,) = engine.pool.health()[0]["ranks"]
+        (rank,) = engine.pool.health()[0].ranks
     finally:
         engine.shutdown()
     frames, info = read_video(result.path)
     assert info.frames == 32 and frames.reshape(32, -1).std(axis=1).min() > 10
-    assert rank["quantize"] == "int8" and rank["quantized_components"] == ["transformer", "text_encoder"]
+    assert rank.quantize == "int8" and rank.quantized_components == ("transformer", "text_encoder")
 
 
 def test_pool_start_survives_a_rank_killed_in_every_phase(ray_cluster, tiny_cache, tmp_path):
@@ -123,11 +123,11 @@ def test_pool_start_survives_a_rank_killed_in_every_phase(ray_cluster, tiny_cach
     pool = WorkerPool(ModelConfig(cache_dir=tiny_cache), parallel, rank_class)
     try:
         victims = [pid for phase, _ in phases for pid in deaths(tmp_path / phase)]
-        ranks = pool.health()[0]["ranks"]
+        ranks = pool.health()[0].ranks
     finally:
         pool.shutdown()
-    assert len(victims) == len(phases) and not set(victims) & {r["pid"] for r in ranks}
-    assert [(r["rank"], r["load_count"]) for r in ranks] == [(0, 1), (1, 1)]
+    assert len(victims) == len(phases) and not set(victims) & {r.pid for r in ranks}
+    assert [(r.rank, r.load_count) for r in ranks] == [(0, 1), (1, 1)]
 
 
 def test_pool_whose_group_never_starts_fails_with_the_cause(ray_cluster, tiny_cache, tmp_path):
@@ -190,7 +190,7 @@ def test_pool_start_restarts_a_group_whose_rank_hangs_in_load(ray_cluster, tiny_
     finally:
         pool.shutdown()
     assert (tmp_path / "hung.0").exists() and load_timeout_s <= waited < 3 * load_timeout_s
-    assert [(r["rank"], r["load_count"]) for r in group["ranks"]] == [(0, 1)]
+    assert [(r.rank, r.load_count) for r in group.ranks] == [(0, 1)]
 
 
 def test_pool_whose_group_never_gets_warm_fails_with_the_timeout_in_bounded_time(ray_cluster, tiny_cache, tmp_path):

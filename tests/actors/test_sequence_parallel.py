@@ -47,8 +47,8 @@ def reference(ray_cluster, tiny_cache):
 def test_degree_two_matches_degree_one(reference, tiny_cache):
     group = _group(tiny_cache, 2)
     try:
-        health = ray.get(group.call("health"))
-        assert [(h["rank"], h["world_size"], h["backend"], h["device"], h["keyframe_pipeline"]) for h in health] == [
+        health = ray.get(group.health())
+        assert [(h.rank, h.world_size, h.backend, h.device, h.keyframe_pipeline) for h in health] == [
             (0, 2, "gloo", "cpu", True), (1, 2, "gloo", "cpu", False)]
         outputs = ray.get(group.call("execute", _probe, 11))
     finally:

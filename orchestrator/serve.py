@@ -14,7 +14,6 @@ import asyncio
 import hmac
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +30,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.config import ParallelConfig
+from orchestrator import environment
 from orchestrator import openai_api as oa
 from orchestrator.config import EngineConfig
 from orchestrator.jobs import TERMINAL
@@ -43,7 +43,6 @@ MAX_IMAGE_BYTES = 16 * 2**20  # an input_reference upload, after base64 decoding
 MAX_VIDEO_BYTES = 256 * 2**20  # a video uploaded to be extended
 MAX_STILLS = 64  # a spritesheet shows at most this many stills, evenly chosen
 SPRITESHEET_COLUMNS = 8
-TOKEN_ENV = "MINUTEREEL_API_TOKEN"
 STATIC = Path(__file__).with_name("static")
 STUDIO_FILES = {"studio.js": "text/javascript", "studio.css": "text/css"}
 # The page and its files hold no data (a browser cannot send a bearer token when it navigates); every
@@ -244,7 +243,7 @@ async def require_token(request: Request, call_next):
     <token>`."""
     # Serve runs a frozen copy of `app` in each replica, out of the deployment's reach; build_app
     # hands the token to the replica process through its environment instead.
-    token = os.environ.get(TOKEN_ENV)
+    token = environment.api_token()
     if token and request.url.path not in OPEN_PATHS:
         given = request.headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
@@ -465,12 +464,12 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     root comes from args, else MINUTEREEL_JOBS_ROOT, else ./minutereel-jobs; the bearer token from
     args, else MINUTEREEL_API_TOKEN."""
     args = dict(args)
-    args.setdefault("jobs_root", os.environ.get("MINUTEREEL_JOBS_ROOT") or str(Path("minutereel-jobs").resolve()))
-    args.setdefault("api_token", os.environ.get(TOKEN_ENV) or None)
+    args.setdefault("jobs_root", environment.jobs_root())
+    args.setdefault("api_token", environment.api_token())
     try:
         settings = ServeSettings.model_validate(args)
     except ValidationError as err:
         raise ValueError(f"invalid minutereel serve settings: {err}") from err
-    env = {TOKEN_ENV: settings.api_token} if settings.api_token else {}
+    env = {environment.TOKEN_ENV: settings.api_token} if settings.api_token else {}
     options = {"num_cpus": 0, "resources": ON_HEAD_NODE, "runtime_env": {"env_vars": env}}
     return RenderAPI.options(ray_actor_options=options).bind(settings.model_dump(mode="json", exclude={"api_token"}))

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import ray
 
 from actors.pool import WorkerPool
@@ -19,13 +20,15 @@ from orchestrator.plan import RenderPlan
 from orchestrator.planner import default_mode, plan_render
 from orchestrator.request import RenderRequest
 from orchestrator.scheduler import Dispatcher, PlanRun
+from orchestrator.transport import RayFrames
 from pipeline.checkpoints import checkpoint_paths
 from pipeline.loras import check_loras
 from pipeline.parallel import check_sequence_parallel
+from pipeline.pieces import PieceFormat
 from pipeline.presets import checkpoint_kind, load_preset, preset_path, weights_id
 from pipeline.seams import SeamReport
 from pipeline.stitch import OverlapStitcher
-from pipeline.video_io import CODEC_PIX_FMTS, VideoWriter, output_format
+from pipeline.video_io import CODEC_PIX_FMTS, output_format
 
 logger = logging.getLogger(__name__)
 
@@ -100,9 +103,10 @@ class RenderEngine:
     def open_run(self, plan: RenderPlan, out: Path, job: Job | None = None,
                  on_progress: Callable[[JobProgress], None] = lambda progress: None,
                  on_stitching: Callable[[], None] = lambda: None,
-                 prefix: Callable[[VideoWriter], None] | None = None) -> PlanRun:
-        """A PlanRun writing `out` (as out.partial until complete, the encoder started at the first frame, then
-        given to `prefix` if any), saving its work in `job` if given."""
+                 prefix: Callable[[], Iterable[np.ndarray]] | None = None) -> PlanRun:
+        """A PlanRun writing `out` (as out.partial until complete: its pieces, encoded on the nodes that rendered
+        them, joined by stream copy; opened by the frames `prefix` gives, if any), saving its work in `job` if
+        given."""
         stitch = self.config.stitch
         # Colour drift builds up along a chain, each segment rendered from the last. In `keyframes` and `bridge`
         # modes every segment is at most one step from a keyframe, so nothing accumulates; the correction, which
@@ -111,11 +115,8 @@ class RenderEngine:
         output_format(out, stitch.codec)  # refuse a codec the container cannot hold now, not at the first frame
         if CODEC_PIX_FMTS.get(stitch.codec, "yuv420p") == "yuv420p" and (plan.width % 2 or plan.height % 2):
             raise ValueError(f"width and height must be even for yuv420p, got {plan.width}x{plan.height}")
-
-        def open_writer() -> VideoWriter:
-            return VideoWriter(out, plan.width, plan.height, plan.fps, codec=stitch.codec, crf=stitch.crf)
-
-        return PlanRun(plan, open_writer, stitcher, job, on_progress, on_stitching, prefix)
+        fmt = PieceFormat(plan.width, plan.height, plan.fps, codec=stitch.codec, crf=stitch.crf)
+        return PlanRun(plan, fmt, out, stitcher, job, on_progress, on_stitching, prefix, RayFrames())
 
     def job_plan(self, job: Job, request: RenderRequest | None = None) -> RenderPlan:
         """The plan `job` renders: the one it saved, if any (its saved frames belong to that plan, even
@@ -134,7 +135,7 @@ class RenderEngine:
             steps, guidance = self.preset.keyframe_sampling(plan.steps, plan.guidance)
             plan = plan.model_copy(update={"keyframe_steps": steps, "keyframe_guidance": guidance})
         if plan.weights is None:  # saved before plans carried their weights: from now on they are these
-            if job.saved("keyframes") or job.saved("segments"):
+            if job.saved("keyframes") or job.saved("edges"):
                 logger.warning("job %s saved frames before plans named their weights; assuming %s", job.id,
                                self.weights)
             plan = plan.model_copy(update={"weights": self.weights})
@@ -142,7 +143,7 @@ class RenderEngine:
 
     def start_job(self, job: Job, out: Path | None = None, request: RenderRequest | None = None,
                   on_progress: Callable[[JobProgress], None] = lambda progress: None,
-                  prefix: Callable[[VideoWriter], None] | None = None) -> PlanRun:
+                  prefix: Callable[[], Iterable[np.ndarray]] | None = None) -> PlanRun:
         """The job lifecycle's middle, the same for the CLI, the server and batch: `planning` while the plan is
         made (or the saved one checked: see `job_plan`; `request` None skips the request check, for a caller that
         made it), then `rendering` as the run is returned for the dispatcher; its sink writes `stitching` once

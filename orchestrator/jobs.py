@@ -4,8 +4,13 @@
                          plan.json      the plan
                          state.json     state, progress, error (written atomically)
                          keyframes/     one lossless .npy per keyframe
-                         segments/      one lossless .npy per segment (resume is bit-identical)
-                         output.mp4     appears only when complete
+                         edges/         per segment, the raw frames others need: its overlaps, the first and
+                                        last of its body, the frames that condition other segments (.npz)
+                         pieces/        per segment, its encoded piece (.ts, or .mkv for FFV1) and a .json
+                                        saying its frame count and body steps; a segment counts as saved
+                                        once its .json exists (resume is identical: pieces are kept as is)
+                         preview.m3u8   HLS event playlist of the pieces so far (H.264 only)
+                         output.mp4     appears only when complete: the pieces joined by stream copy
 
 Job ids are generated here (or given by a batch spec entry) and must match `JOB_ID`; anything
 else, including paths, is an unknown job.
@@ -14,6 +19,7 @@ else, including paths, is an unknown job.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import reprlib
@@ -153,22 +159,60 @@ class Job:
         self.update(state=state, error=message, **changes)
         return state
 
+    @property
+    def pieces(self) -> Path:
+        return self.dir / "pieces"
+
+    @property
+    def playlist(self) -> Path:
+        return self.dir / "preview.m3u8"
+
+    def save_edges(self, index: int, edges: dict[int, np.ndarray]) -> None:
+        """Persist segment `index`'s edge frames ({frame in segment: uint8 (h, w, 3)}) losslessly, atomically."""
+        path = self.dir / "edges" / f"{index:05d}.npz"
+        path.parent.mkdir(exist_ok=True)
+        order = sorted(edges)
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, index=np.array(order, dtype=np.int64), frames=np.stack([edges[i] for i in order]))
+        atomic_write(path, buffer.getvalue())
+
+    def load_edges(self, index: int) -> dict[int, np.ndarray]:
+        with np.load(self.dir / "edges" / f"{index:05d}.npz") as data:
+            return dict(zip(data["index"].tolist(), data["frames"], strict=True))
+
+    def save_piece(self, index: int, suffix: str, data: bytes, meta: dict) -> Path:
+        """Persist segment `index`'s encoded piece, then its meta (which makes it count as saved)."""
+        self.pieces.mkdir(exist_ok=True)
+        path = self.pieces / f"{index:05d}{suffix}"
+        atomic_write(path, data)
+        atomic_write(path.with_suffix(".json"), json.dumps(meta).encode())
+        return path
+
+    def piece(self, index: int) -> tuple[Path, dict]:
+        """A saved piece's file and meta."""
+        meta_path = self.pieces / f"{index:05d}.json"
+        meta = json.loads(meta_path.read_text())
+        return meta_path.with_suffix(meta["suffix"]), meta
+
     def _array_path(self, kind: str, index: int) -> Path:
         return self.dir / kind / f"{index:05d}.npy"
 
-    def save_frames(self, kind: Literal["keyframes", "segments"], index: int, frames: np.ndarray) -> None:
-        """Persist a keyframe or segment (uint8 RGB) losslessly, atomically."""
+    def save_frames(self, kind: Literal["keyframes"], index: int, frames: np.ndarray) -> None:
+        """Persist a keyframe (uint8 RGB) losslessly, atomically."""
         path = self._array_path(kind, index)
         path.parent.mkdir(exist_ok=True)
         buffer = io.BytesIO()
         np.save(buffer, frames)
         atomic_write(path, buffer.getvalue())
 
-    def saved(self, kind: Literal["keyframes", "segments"]) -> set[int]:
-        folder = self.dir / kind
-        return {int(p.stem) for p in folder.glob("*.npy")} if folder.exists() else set()
+    def saved(self, kind: Literal["keyframes", "edges", "segments"]) -> set[int]:
+        """Indices saved: keyframes, segments' edges, or segments (whose piece is encoded)."""
+        folder, pattern = {"keyframes": ("keyframes", "*.npy"), "edges": ("edges", "*.npz"),
+                           "segments": ("pieces", "[0-9]*.json")}[kind]
+        folder = self.dir / folder
+        return {int(p.stem) for p in folder.glob(pattern)} if folder.exists() else set()
 
-    def load_frames(self, kind: Literal["keyframes", "segments"], index: int, mmap: bool = False) -> np.ndarray:
+    def load_frames(self, kind: Literal["keyframes"], index: int, mmap: bool = False) -> np.ndarray:
         return np.load(self._array_path(kind, index), mmap_mode="r" if mmap else None)
 
 

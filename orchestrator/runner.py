@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -224,7 +225,7 @@ class JobRunner:
         if plan is None:
             return []
         stills: dict[int, np.ndarray] = {}
-        saved_keyframes, saved_segments = job.saved("keyframes"), job.saved("segments")
+        saved_keyframes, saved_edges = job.saved("keyframes"), job.saved("edges")
         for spec in plan.keyframes:
             if spec.index in saved_keyframes:
                 stills[spec.frame] = job.load_frames("keyframes", spec.index)
@@ -232,8 +233,8 @@ class JobRunner:
                 stills[spec.frame] = load_keyframe_image(spec.image, plan.width, plan.height)
         for segment in plan.segments:
             ref = segment.first
-            if ref.source == "segment" and ref.index in saved_segments and segment.start_frame not in stills:
-                stills[segment.start_frame] = np.array(job.load_frames("segments", ref.index, mmap=True)[ref.frame])
+            if ref.source == "segment" and ref.index in saved_edges and segment.start_frame not in stills:
+                stills[segment.start_frame] = job.load_edges(ref.index)[ref.frame]
         return [stills[frame] for frame in sorted(stills)]
 
     def task_states(self, job_id: str) -> dict | None:
@@ -304,7 +305,7 @@ class JobRunner:
         prefix = job.dir / PREFIX_VIDEO
         run = self.engine.start_job(
             job, on_progress=lambda progress: self._record(job, progress),
-            prefix=(lambda writer: self._write_prefix(writer, run.plan, prefix)) if prefix.exists() else None,
+            prefix=(lambda: self._prefix_frames(run.plan, prefix)) if prefix.exists() else None,
         )
         self._runs[job.id] = run
         self._encoded[job.id] = 0
@@ -329,14 +330,14 @@ class JobRunner:
                     job.end(RuntimeError(f"could not resume: {err}"))
                     self.metrics.jobs_ended.labels(state="failed").inc()
 
-    def _write_prefix(self, writer, plan, path) -> None:
-        """Open a run's output with the video it continues, less its last frame (the run's first keyframe);
-        called by the run's sink when it opens the encoder."""
+    def _prefix_frames(self, plan, path) -> Iterator[np.ndarray]:
+        """The video a run continues, less its last frame (the run's first keyframe), in batches: what opens the
+        run's output (its sink encodes it once as the first piece)."""
         last = None
         for batch in iter_frames(path, size=(plan.width, plan.height)):
             frames = batch if last is None else np.concatenate([last[None], batch])
             if len(frames) > 1:
-                writer.write(frames[:-1])
+                yield frames[:-1]
                 self.metrics.frames_encoded(len(frames) - 1)
             last = frames[-1]
 

@@ -1,9 +1,10 @@
 """Run RenderPlans on a WorkerPool as DAGs.
 
 A `PlanRun` is one plan's execution: which keyframes and segments are ready (the frames they are
-conditioned on exist), what finished, and the in-order stream of finished segments through the
-stitcher into the video writer. With a job directory, every finished keyframe and segment is saved
-before it counts, and a run started on a partly rendered job renders only what is missing.
+conditioned on exist), what finished, and its OutputSink, which joins finished segments into pieces
+encoded where they were rendered and the pieces into the video. With a job directory, every finished
+keyframe and segment is saved before it counts, and a run started on a partly rendered job renders
+only what is missing.
 
 A `Dispatcher` runs the tasks of any number of PlanRuns on one pool: each idle shard group takes
 the next ready task of the next run in turn, so concurrent jobs share the pool fairly.
@@ -15,8 +16,9 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import ray
@@ -26,11 +28,12 @@ from actors.shard import RenderCancelled, ShardGroup, last_line
 from orchestrator.images import load_keyframe_image
 from orchestrator.jobs import Job, JobProgress
 from orchestrator.plan import FrameRef, KeyframeSpec, RenderPlan, SegmentSpec
-from orchestrator.sink import OutputSink
+from orchestrator.sink import OutputSink, SegmentOutput
+from orchestrator.transport import LocalFrames
 from pipeline.generate import SegmentRequest
+from pipeline.pieces import PieceFormat
 from pipeline.seams import SeamMeter
 from pipeline.stitch import OverlapStitcher
-from pipeline.video_io import VideoWriter
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +57,14 @@ _run_ids = itertools.count()
 class PlanRun:
     """One plan's execution state (driver side): the task graph (what is pending, what is ready because the
     frames it is conditioned on exist, the conditioning-frame cache) and the run's OutputSink, which saves,
-    stitches and encodes on its own thread. The Dispatcher drives the graph; `fail` may come from any thread."""
+    joins and has pieces encoded on its own thread. The Dispatcher drives the graph; `fail` may come from any
+    thread. `transport` says where segment frames stay and pieces are encoded (orchestrator.transport; default
+    LocalFrames); `prefix` gives frames that open the video before the plan's own (a continued video)."""
 
-    def __init__(self, plan: RenderPlan, open_writer: Callable[[], VideoWriter], stitcher: OverlapStitcher,
+    def __init__(self, plan: RenderPlan, fmt: PieceFormat, out: Path, stitcher: OverlapStitcher,
                  job: Job | None = None, on_progress: Callable[[JobProgress], None] = lambda progress: None,
-                 on_stitching: Callable[[], None] = lambda: None, prefix: Callable[[VideoWriter], None] | None = None):
+                 on_stitching: Callable[[], None] = lambda: None,
+                 prefix: Callable[[], Iterable[np.ndarray]] | None = None, transport=None):
         self.id = next(_run_ids)
         self.plan, self.job = plan, job
         self.progress = JobProgress(keyframes_total=len(plan.keyframes), segments_total=len(plan.segments),
@@ -71,9 +77,11 @@ class PlanRun:
         self._conditioning: dict[tuple[int, int], np.ndarray] = {}
         self._needed = {(r.index, r.frame) for s in plan.segments for r in s.dependencies() if r.source == "segment"}
         self.attempts: dict[str, int] = {}
+        self.transport = transport if transport is not None else LocalFrames()
         self.pending, saved_segments = self._resume()
-        self.sink = OutputSink(plan, open_writer, stitcher, job, self.progress, saved_segments, on_progress,
-                               on_stitching, self._sink_ended, prefix)
+        self.sink = OutputSink(plan, fmt, out, stitcher, self.transport, job, self.progress, saved_segments,
+                               on_progress, on_stitching, self._sink_ended, self._lost, prefix)
+        self._edges = {layout.index: layout.edges for layout in self.sink.layouts}
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -90,9 +98,9 @@ class PlanRun:
                 continue
             self.progress.keyframes_done += 1
         saved_segments = self.job.saved("segments") if self.job else set()
-        for index in sorted(saved_segments):
-            self._keep_conditioning(index, self.job.load_frames("segments", index, mmap=True))
-            self.progress.segments_done += 1
+        for index in sorted(self.job.saved("edges") if self.job else ()):  # what others need, even if its piece
+            self._keep_conditioning(index, self.job.load_edges(index))   # is missing and it renders again
+        self.progress.segments_done += len(saved_segments)
         pending = [Task(self.id, "keyframe", k) for k in self.plan.keyframes if k.index not in self._keyframes]
         pending += [Task(self.id, "segment", s) for s in sorted(self.plan.segments, key=lambda s: (s.wave, s.index))
                     if s.index not in saved_segments]
@@ -106,7 +114,7 @@ class PlanRun:
     def _ready(self, task: Task) -> bool:
         return task.kind == "keyframe" or all(self._frame(r) is not None for r in task.spec.dependencies())
 
-    def _keep_conditioning(self, index: int, frames: np.ndarray) -> None:
+    def _keep_conditioning(self, index: int, frames: np.ndarray | dict[int, np.ndarray]) -> None:
         for segment, frame in self._needed:
             if segment == index:
                 self._conditioning[(segment, frame)] = np.array(frames[frame])
@@ -117,7 +125,7 @@ class PlanRun:
 
     @property
     def segments_in_memory(self) -> int:
-        """Finished segments waiting in memory for the stitcher (with a job directory they wait on disk)."""
+        """Finished segments whose frames this process holds for their piece (with RayFrames: none)."""
         return self.sink.segments_in_memory
 
     @property
@@ -156,18 +164,26 @@ class PlanRun:
             first=self._frame(spec.first), last=self._frame(spec.last) if spec.last else None,
             steps=plan.steps, guidance=plan.guidance,
         )
-        return group.render_segment(request, task.task_id)
+        return self.transport.track(task.task_id, group.render_segment(request, task.task_id), self._edges[spec.index])
 
     def complete(self, task: Task, result: np.ndarray) -> None:
-        """Record a finished task: its frames condition what depends on them at once; the sink saves, counts
-        and stitches them on its own thread."""
+        """Record a finished task: its frames condition what depends on them at once; the sink saves, counts,
+        joins and encodes them on its own thread. `result`: what the ref `submit` returned gave."""
         kind, index = task.kind, task.spec.index
         self.rendered[kind] += 1
         if kind == "keyframe":
             self._keyframes[index] = result
-        else:
-            self._keep_conditioning(index, result)
-        self.sink.put(kind, index, result)
+            self.sink.put(kind, index, result)
+            return
+        edges, body = self.transport.received(task.task_id, result, self._edges[index])
+        self._keep_conditioning(index, edges)
+        self.sink.put(kind, index, SegmentOutput(edges, body))
+
+    def _lost(self, index: int) -> None:
+        """The sink lost segment `index`'s frames (their node died) before its piece was made: render it again."""
+        with self._lock:
+            if self.active:
+                self.pending.insert(0, Task(self.id, "segment", self.plan.segments[index]))
 
     def start(self) -> None:
         """Start the sink: it stitches what a resumed job already holds and ends the run if nothing is left."""

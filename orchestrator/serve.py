@@ -14,6 +14,7 @@ import asyncio
 import hmac
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,7 +34,7 @@ from actors.config import ParallelConfig
 from orchestrator import environment
 from orchestrator import openai_api as oa
 from orchestrator.config import EngineConfig
-from orchestrator.jobs import TERMINAL
+from orchestrator.jobs import TERMINAL, JobStore
 from orchestrator.request import RenderRequest
 from orchestrator.runner import ON_HEAD_NODE, NotFinished, QueueFull, check_image, start_runner
 from pipeline.config import ModelConfig, StitchConfig
@@ -123,6 +124,9 @@ def _openapi() -> dict:
 
 
 app.openapi = _openapi
+
+
+PIECE_NAME = re.compile(r"^(\d{5}(-lead)?|prefix)\.ts$")  # what the sink names a preview's pieces
 
 
 @app.exception_handler(oa.APIError)
@@ -263,6 +267,7 @@ class RenderAPI:
         engine = EngineConfig(model=self.settings.model, parallel=self.settings.parallel, stitch=self.settings.stitch)
         self.runner = start_runner(engine, self.settings.jobs_root, self.settings.max_active_jobs,
                                    self.settings.runner_name)
+        self.store = JobStore(Path(self.settings.jobs_root))  # read here: the ingress runs on the head, beside it
 
     async def _describe(self, video_id: str, param: str | None = None) -> dict:
         try:
@@ -354,6 +359,33 @@ class RenderAPI:
             raise oa.APIError(409, f"video {video_id} has no keyframe yet; poll it", code="video_not_ready")
         image = stills[0] if variant == "thumbnail" else spritesheet(stills)
         return Response(await asyncio.to_thread(_png, image), media_type="image/png")
+
+    @app.get("/v1/videos/{video_id}/preview.m3u8")
+    async def preview(self, video_id: str) -> Response:
+        """minutereel: the live preview, an HLS event playlist of the pieces made so far (H.264 output only). It
+        grows as segments are joined in order and ends with #EXT-X-ENDLIST; 409 before the first piece."""
+        try:
+            playlist = self.store.open(video_id).playlist
+            text = await asyncio.to_thread(playlist.read_bytes)
+        except (KeyError, FileNotFoundError) as err:
+            if isinstance(err, KeyError):
+                raise _not_found(video_id) from err
+            raise oa.APIError(409, f"video {video_id} has no preview piece yet; poll it",
+                              code="video_not_ready") from err
+        return Response(text, media_type="application/vnd.apple.mpegurl", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/v1/videos/{video_id}/pieces/{name}", include_in_schema=False)
+    async def preview_piece(self, video_id: str, name: str) -> FileResponse:
+        """A piece the preview playlist names (MPEG-TS), from the job directory."""
+        try:
+            job = self.store.open(video_id)
+        except KeyError as err:
+            raise _not_found(video_id) from err
+        path = job.pieces / name
+        if not PIECE_NAME.match(name) or not path.is_file():
+            raise oa.APIError(404, f"video {video_id} has no piece {name!r}", code="not_found",
+                              type="invalid_request_error")
+        return FileResponse(path, media_type="video/mp2t")
 
     @app.post("/v1/videos/extensions", openapi_extra=_body(("application/json", oa.ExtendFields),
                                                             ("multipart/form-data", ExtendForm)))

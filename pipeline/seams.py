@@ -19,6 +19,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 MIN_TYPICAL_STEP = 0.1  # levels; a still video would otherwise make any seam's jump infinite
+MAX_PIXELS = 65536  # frames larger than this are measured on a strided subsample
+
+
+def thumbnail(frame: np.ndarray, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """The strided int16 subsample of a uint8 frame (h, w, 3) that steps are measured on."""
+    stride = max(1, math.ceil(math.sqrt(frame.shape[0] * frame.shape[1] / max_pixels)))
+    return frame[::stride, ::stride].astype(np.int16)
 
 
 @dataclass(frozen=True)
@@ -67,7 +74,7 @@ class SeamMeter:
     for every output frame batch.
     """
 
-    def __init__(self, max_pixels: int = 65536):
+    def __init__(self, max_pixels: int = MAX_PIXELS):
         if max_pixels < 1:
             raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
         self.max_pixels = max_pixels
@@ -97,9 +104,20 @@ class SeamMeter:
             self._previous = thumb
             self.frames += 1
 
+    def add_measured(self, steps: list[float] | tuple[float, ...], last: np.ndarray) -> None:
+        """Count `len(steps)` output frames that follow the last one added, measured elsewhere (e.g. where a
+        piece was encoded) with `thumbnail` at this meter's `max_pixels`: `steps[k]` is the step into the
+        k-th of them, and `last` (uint8 (h, w, 3)) is the final one."""
+        if self._previous is None:
+            raise RuntimeError("add_measured() needs a frame added before it")
+        for step in steps:
+            self._record(float(step))
+            self.frames += 1
+        if steps:
+            self._previous = self._thumb(last)
+
     def _thumb(self, frame: np.ndarray) -> np.ndarray:
-        stride = max(1, math.ceil(math.sqrt(frame.shape[0] * frame.shape[1] / self.max_pixels)))
-        return frame[::stride, ::stride].astype(np.int16)
+        return thumbnail(frame, self.max_pixels)
 
     def _record(self, step: float) -> None:
         if self._seam_steps_left:

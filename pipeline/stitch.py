@@ -106,6 +106,20 @@ class OverlapStitcher:
         self.end()
         return out
 
+    def join(self, head: np.ndarray, tail: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Stitch a segment of which only the edges are here: its first `overlap_prev` frames (`head`) and its
+        last `overlap_next` (`tail`). Returns the lead (the crossfaded head, final now) and the lookup table
+        its body (the frames in between) must be mapped through; the corrected tail is held as `add` holds it.
+        The lead, the mapped body and what follows are exactly what `add` returns for the whole segment."""
+        frames = np.concatenate([head, tail]) if len(head) else tail
+        lead = self.add(frames, len(head), len(tail))
+        return lead, self._lut
+
+    @property
+    def lut(self) -> np.ndarray:
+        """The lookup table of the latest segment's colour correction (IDENTITY_LUT when none)."""
+        return self._lut
+
     def begin(self, overlap_prev: int, overlap_next: int) -> None:
         """Start a segment that shares `overlap_prev` frames with the previous one and `overlap_next` with the next."""
         if self._open:

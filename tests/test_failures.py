@@ -1,7 +1,8 @@
-"""Faults: a dead encoder or a segment over budget ends the job with a reason and no output; a worker killed while
+"""Faults: a dead piece encoder or a segment over budget ends the job with a reason and no output; a worker killed while
 the pool loads, while it renders or while the video is stitched does not change the video; lost groups are
 rebuilt, or the job fails naming the cause."""
 
+import contextlib
 import os
 import signal
 import time
@@ -24,25 +25,33 @@ def _wait(predicate, timeout_s):
         time.sleep(0.05)
 
 
-def _ffmpeg_children():
-    return [p for p in psutil.Process().children(recursive=True) if "ffmpeg" in p.name()]
+def _kill_piece_encoders() -> int:
+    """Kill every ffmpeg that encodes a piece (they run beside the Ray workers that rendered the frames)."""
+    killed = 0
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        if "ffmpeg" in (proc.info["name"] or "") and "mpegts" in (proc.info["cmdline"] or []):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+                killed += 1
+    return killed
 
 
-def test_ffmpeg_dying_mid_encode_fails_the_job_with_no_output(ray_cluster, tiny_cache, tmp_path):
+def test_an_encoder_dying_mid_piece_fails_the_job_with_no_output(ray_cluster, tiny_cache, tmp_path):
     from orchestrator.runner import JobRunner
 
     runner = JobRunner(EngineConfig(model=ModelConfig(cache_dir=tiny_cache), parallel=ParallelConfig(workers=2)),
                        str(tmp_path), max_active_jobs=1)
     try:
         job_id = runner.submit(RenderRequest(prompt="a fox", duration_s=20.0, mode="bridge", segment_frames=33))
-        _wait(lambda: runner.status(job_id)["progress"]["frames_written"] > 0, 120)
-        for proc in _ffmpeg_children():
-            proc.kill()
-        _wait(lambda: runner.status(job_id)["state"] in ("failed", "done"), 120)
+        _wait(lambda: runner.status(job_id)["progress"]["segments_done"] > 0, 120)
+        killed = 0
+        while runner.status(job_id)["state"] not in ("failed", "done"):  # the rest of the pieces are encoded now
+            killed += _kill_piece_encoders()
+            time.sleep(0.005)
         state = runner.status(job_id)
     finally:
         runner.shutdown()
-    assert state["state"] == "failed"
+    assert killed and state["state"] == "failed"
     assert "ffmpeg" in state["error"]
     assert not [p.name for p in (tmp_path / job_id).iterdir() if p.name.startswith("output")]
 
@@ -70,11 +79,11 @@ def test_restarted_runner_resumes_unfinished_jobs(ray_cluster, tiny_cache, tmp_p
     runner = JobRunner(config, str(tmp_path / "jobs"), max_active_jobs=2)
     try:
         job_id = runner.submit(request)
-        segments = tmp_path / "jobs" / job_id / "segments"
-        _wait(lambda: len(list(segments.glob("*.npy"))) >= 2, 120)
+        segments = tmp_path / "jobs" / job_id / "pieces"
+        _wait(lambda: len(list(segments.glob("[0-9]*.json"))) >= 2, 120)
     finally:
         runner.shutdown()  # a server going down mid-render
-    kept = {p.name: p.stat().st_mtime_ns for p in segments.glob("*.npy")}
+    kept = {p.name: p.stat().st_mtime_ns for p in segments.glob("[0-9]*.json")}
     assert runner.status(job_id)["state"] == "rendering"
 
     restarted = JobRunner(config, str(tmp_path / "jobs"), max_active_jobs=2)
@@ -102,7 +111,7 @@ def test_render_survives_a_worker_killed_while_the_pool_loads_and_while_it_stitc
     try:
         assert len(deaths(marker)) == 1 and len(engine.pool.groups) == 2
         survived = read_video(engine.render(request, tmp_path / "survived.mp4").path)[0]
-        victim, killed = ray.get(engine.pool.groups[0].call("health")[0])["pid"], []
+        victim, killed = ray.get(engine.pool.groups[0].call("health")[0]).pid, []
 
         def kill_once_stitching(progress):  # every segment is rendered: only the sink has work left
             if not killed and progress.segments_done == progress.segments_total:

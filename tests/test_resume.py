@@ -25,23 +25,23 @@ def _cli(env, *args, **kwargs):
 def test_killed_render_resumes_with_only_missing_segments(ray_cluster, tiny_cache, tmp_path):
     env = {**os.environ, "RAY_ADDRESS": ray_cluster, "MINUTEREEL_CACHE": str(tiny_cache)}
     job_dir = tmp_path / "job1"
-    segments = job_dir / "segments"
+    segments = job_dir / "pieces"  # a segment is saved once its piece is
 
     first = _cli(env, "--job-dir", str(job_dir), "--workers", "1")
     deadline = time.monotonic() + 180
-    while len(list(segments.glob("*.npy"))) < 2:
+    while len(list(segments.glob("[0-9]*.json"))) < 2:
         assert first.poll() is None, first.communicate()[1][-3000:]
         assert time.monotonic() < deadline, "no segments appeared"
         time.sleep(0.1)
     first.send_signal(signal.SIGKILL)
     first.wait()
-    kept = len(list(segments.glob("*.npy")))
+    kept = len(list(segments.glob("[0-9]*.json")))
     assert not (job_dir / "output.mp4").exists()
 
     resumed = _cli(env, "--job-dir", str(job_dir), "--resume", "--workers", "2")
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-3000:]
-    total = len(list(segments.glob("*.npy")))
+    total = len(list(segments.glob("[0-9]*.json")))
     assert f"rendered {total - kept} of {total} segments" in out and "(chain, 2 worker(s))" in out
 
     clean = _cli(env, "--out", str(tmp_path / "clean.mp4"), "--workers", "1")

@@ -44,7 +44,7 @@ def test_new_settings_replace_the_runner_and_it_resumes_unfinished_jobs(ray_clus
         request = RenderRequest(prompt="a fox", duration_s=20.0, segment_frames=33)  # 13 segments
         job_id = ray.get(first.submit.remote(request))
         folder = Path(jobs) / job_id
-        _wait(lambda: any((folder / "segments").glob("*.npy")), 120)
+        _wait(lambda: any((folder / "pieces").glob("[0-9]*.json")), 120)
 
         more = ParallelConfig(workers=2)
         runners.append(start_runner(EngineConfig(model=model, parallel=more, stitch=StitchConfig(crf=23)),
@@ -52,14 +52,14 @@ def test_new_settings_replace_the_runner_and_it_resumes_unfinished_jobs(ray_clus
         second = runners[1]
         assert second != first
         assert ray.get(second.settings.remote())["engine"]["stitch"]["crf"] == 23
-        kept = {p.name: p.stat().st_mtime_ns for p in (folder / "segments").glob("*.npy")}
+        kept = {p.name: p.stat().st_mtime_ns for p in (folder / "pieces").glob("[0-9]*.json")}
         planned = json.loads((folder / "plan.json").read_text())
         assert planned["mode"] == "chain" and len(kept) < len(planned["segments"])  # replaced mid-job
         _wait(lambda: ray.get(second.status.remote(job_id))["state"] == "done", 180)
         # The job kept its plan and what the first runner saved was resumed, not rendered again.
         assert json.loads((folder / "plan.json").read_text()) == planned
         assert read_video(ray.get(second.output_path.remote(job_id)))[1].frames == 320
-        assert {p.name: p.stat().st_mtime_ns for p in (folder / "segments").glob("*.npy") if p.name in kept} == kept
+        assert {p.name: p.stat().st_mtime_ns for p in (folder / "pieces").glob("[0-9]*.json") if p.name in kept} == kept
     finally:
         for runner in runners:
             with contextlib.suppress(ray.exceptions.RayError):

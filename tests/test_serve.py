@@ -297,6 +297,57 @@ def test_events_stream_video_objects_until_done(api):
     assert progress == sorted(progress)
 
 
+def _playlist(text):
+    """An HLS playlist's pieces as (uri, seconds), and whether it ended."""
+    lines = text.splitlines()
+    assert lines[0] == "#EXTM3U" and "#EXT-X-PLAYLIST-TYPE:EVENT" in lines
+    pieces = [(lines[i + 1], float(line.split(":")[1].rstrip(","))) for i, line in enumerate(lines)
+              if line.startswith("#EXTINF:")]
+    return pieces, lines[-1] == "#EXT-X-ENDLIST"
+
+
+def test_preview_playlist_grows_while_rendering_and_ends_at_the_videos_length(api, tmp_path):
+    client, _ = api
+    video = _create(client, prompt=BALL, seconds=30)
+    _error(client.get(f"/v1/videos/{video['id']}/preview.m3u8"), 409)  # no piece yet: poll
+    seen = []  # (pieces listed, ended, status) while it renders
+    while True:
+        status = _get(client, video)["status"]
+        response = client.get(f"/v1/videos/{video['id']}/preview.m3u8")
+        if response.status_code == 200:
+            assert response.headers["content-type"] == "application/vnd.apple.mpegurl"
+            pieces, ended = _playlist(response.text)
+            seen.append((len(pieces), ended, status))
+        if status not in ("queued", "in_progress"):
+            break
+        time.sleep(0.1)
+    assert status == "completed"
+    assert any(n >= 1 and not ended and status == "in_progress" for n, ended, status in seen), seen
+    assert [n for n, _, _ in seen] == sorted(n for n, _, _ in seen)  # it only grows
+    pieces, ended = _playlist(client.get(f"/v1/videos/{video['id']}/preview.m3u8").text)
+    assert ended and abs(sum(seconds for _, seconds in pieces) - 30.0) < 1.0
+    # Every piece is served and decodes; together they are the video's frames.
+    frames = 0
+    for uri, seconds in pieces:
+        response = client.get(f"/v1/videos/{video['id']}/{uri}")
+        assert response.status_code == 200 and response.headers["content-type"] == "video/mp2t"
+        (tmp_path / "piece.ts").write_bytes(response.content)
+        count = read_video(tmp_path / "piece.ts")[1].frames
+        assert abs(count / 16 - seconds) < 1e-6
+        frames += count
+    assert frames == 480 == read_video(_download(client, video, tmp_path))[1].frames
+    _error(client.get(f"/v1/videos/{video['id']}/pieces/..%2Fstate.json"), 404)
+    _error(client.get(f"/v1/videos/{video['id']}/pieces/00000.json"), 404)
+
+
+def _download(client, video, tmp_path):
+    response = client.get(f"/v1/videos/{video['id']}/content")
+    assert response.status_code == 200
+    path = tmp_path / f"{video['id']}.mp4"
+    path.write_bytes(response.content)
+    return path
+
+
 def test_two_jobs_share_the_pool(api):
     client, _ = api
     a = _create(client, seconds=6.0, segment_frames=21, overlap_frames=4, seed=1)

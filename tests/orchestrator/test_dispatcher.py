@@ -5,6 +5,8 @@ dispatcher would have waited. The real-Ray counterparts are in tests/test_failur
 from __future__ import annotations
 
 import itertools
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from actors.shard import ShardGroup
 from orchestrator.planner import plan_render
 from orchestrator.request import RenderRequest
 from orchestrator.scheduler import Dispatcher, PlanRun
+from pipeline.pieces import PieceFormat
 from pipeline.presets import load_preset
 from pipeline.stitch import OverlapStitcher
 
@@ -128,20 +131,6 @@ class FakePool(WorkerPool):
                          self.clock)
 
 
-class Writer:
-    def __init__(self):
-        self.frames, self.closed, self.aborted = 0, False, False
-
-    def write(self, frames):
-        self.frames += len(frames)
-
-    def close(self):
-        self.closed = True
-
-    def abort(self):
-        self.aborted = True
-
-
 def _setup(workers: int, **parallel):
     clock = Clock()
     futures = Futures(clock)
@@ -152,9 +141,9 @@ def _setup(workers: int, **parallel):
 def _run(dispatcher: Dispatcher, mode: str = "bridge") -> PlanRun:
     request = RenderRequest(prompt="a fox", duration_s=4.0, mode=mode, segment_frames=21, overlap_frames=4,
                             width=64, height=64)
-    writer = Writer()
-    run = PlanRun(plan_render(request, load_preset("tiny")), lambda: writer, OverlapStitcher("linear", False))
-    run.writer = writer
+    plan = plan_render(request, load_preset("tiny"))
+    out = Path(tempfile.mkdtemp(prefix="dispatcher-")) / "video.mkv"
+    run = PlanRun(plan, PieceFormat(64, 64, plan.fps, codec="ffv1"), out, OverlapStitcher("linear", False))
     dispatcher.add(run)
     return run
 
@@ -173,7 +162,7 @@ def test_idle_groups_take_ready_tasks_in_turn_and_the_run_finishes():
     _clock, pool, dispatcher = _setup(2)
     run = _run(dispatcher)
     _steps(dispatcher, lambda: not run.active)
-    assert run.error is None and run.writer.closed and run.writer.frames == run.plan.total_frames
+    assert run.error is None and run.progress.frames_written == run.plan.total_frames and run.sink.out.exists()
     assert all(group.submitted for group in pool.groups)  # both groups rendered
 
 
@@ -184,7 +173,7 @@ def test_a_broken_group_is_rebuilt_asynchronously_while_the_other_finishes_the_r
     pool.starts[0] = ["unplaced"]  # its rebuild waits for a placement group that has not come yet
     run = _run(dispatcher)
     _steps(dispatcher, lambda: not run.active)
-    assert run.error is None and run.writer.frames == run.plan.total_frames
+    assert run.error is None and run.progress.frames_written == run.plan.total_frames
     assert broken.closed and dispatcher.recovery.rebuilding == 1 and pool.groups == [dispatcher._idle[0]]
     (start,) = {id(s): s for s in dispatcher.recovery._starts.values()}.values()
     dispatcher.futures.values.update({ref: None for ref in start.refs})  # the placement came; it loads
@@ -199,7 +188,7 @@ def test_rebuilds_that_keep_failing_are_bounded_then_the_run_fails_naming_the_ca
     run = _run(dispatcher, mode="chain")
     _steps(dispatcher, lambda: not run.active)
     assert pool.starts[0] == ["ready"]  # one start and one restart, then the slot was given up
-    assert pool.groups == [] and run.writer.frames == 0 and not run.writer.closed  # no encoder was started
+    assert pool.groups == [] and run.progress.frames_written == 0 and not run.sink.out.exists()
     with pytest.raises(RuntimeError, match=r"no shard group is left to render on: shard group 0 could not be "
                                            r"rebuilt in 2 attempt\(s\): load: the actor died"):
         run.wait()
@@ -222,6 +211,6 @@ def test_a_task_over_its_budget_is_retried_on_another_group():
     pool.groups[0].behaviour = "hangs"
     run = _run(dispatcher)
     _steps(dispatcher, lambda: not run.active, limit=1000)
-    assert run.error is None and run.writer.frames == run.plan.total_frames
+    assert run.error is None and run.progress.frames_written == run.plan.total_frames
     assert clock.now >= 5.0 and pool.groups[0].behaviour == "render"  # the hung group was replaced
     assert "hangs" not in [group.behaviour for group in pool.groups]

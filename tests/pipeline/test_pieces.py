@@ -1,0 +1,75 @@
+"""Pieces: encoded apart, joined by stream copy, they are the frames fed in (FFV1 exactly, H.264 frame for frame
+in count and time); the seam meter fed pieces' measured steps reports what it reports on the whole stream."""
+
+import numpy as np
+import pytest
+
+from pipeline.pieces import PieceFormat, concat_pieces, encode_piece, playlist
+from pipeline.seams import SeamMeter
+from pipeline.stitch import fit_color_match
+from pipeline.video_io import read_video
+
+
+def _frames(n, seed):
+    """`n` frames of a smooth picture (what 4:2:0 H.264 keeps) that brightens frame by frame."""
+    y, x = np.mgrid[0:32, 0:48]
+    base = np.stack([x * 4, y * 6, (x + y) * 2 + seed * 40], axis=-1)[None]
+    return np.clip(base + np.arange(n)[:, None, None, None] * 3, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("codec, suffix", [("ffv1", ".mkv"), ("libx264", ".mp4")])
+def test_pieces_join_by_stream_copy_into_the_frames_fed(tmp_path, codec, suffix):
+    fmt = PieceFormat(48, 32, 16, codec=codec)
+    runs = [_frames(n, seed) for seed, n in enumerate((17, 5, 30))]
+    lut = fit_color_match(runs[0], runs[1])  # the body of the second piece is mapped through a real table
+    paths, start = [], 0
+    for i, frames in enumerate(runs):
+        piece = encode_piece(fmt, start, frames[:3], frames[3:], lut if i == 1 else None)
+        assert piece.frames == len(frames) and len(piece.body_steps) == len(frames) - 4
+        paths.append(tmp_path / f"{i}{fmt.suffix}")
+        paths[-1].write_bytes(piece.data)
+        start += piece.frames
+    frames, info = read_video(concat_pieces(paths, tmp_path / f"all{suffix}", codec))
+    assert info.frames == start and abs(info.duration_s - start / 16) < 1e-9
+    from pipeline.stitch import apply_color_match
+
+    expected = np.concatenate([runs[0], runs[1][:3], apply_color_match(runs[1][3:], lut), runs[2]])
+    if codec == "ffv1":
+        np.testing.assert_array_equal(frames, expected)
+    else:
+        assert np.abs(frames.astype(int) - expected).mean() < 3
+    assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob("*.txt"))
+
+
+def test_a_broken_piece_fails_naming_ffmpeg(tmp_path):
+    fmt = PieceFormat(48, 32, 16, codec="libx264")
+    with pytest.raises(ValueError, match="uint8"):
+        encode_piece(fmt, 0, np.zeros((0, 32, 48, 3), np.uint8), np.zeros((2, 30, 48, 3), np.uint8))
+    with pytest.raises(ValueError, match="at least one frame"):
+        encode_piece(fmt, 0, np.zeros((0, 32, 48, 3), np.uint8), np.zeros((0, 32, 48, 3), np.uint8))
+    (tmp_path / "bad.ts").write_bytes(b"not a piece")
+    with pytest.raises(RuntimeError, match="ffmpeg failed joining"):
+        concat_pieces([tmp_path / "bad.ts"], tmp_path / "out.mp4", "libx264")
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_seam_meter_on_pieces_reports_what_it_reports_on_the_stream():
+    segments = [_frames(20, seed) for seed in range(3)]
+    whole, pieced = SeamMeter(), SeamMeter()
+    for i, frames in enumerate(segments):
+        lead, body = (frames[:4], frames[4:]) if i else (frames[:0], frames)
+        whole.begin_segment(len(lead))
+        whole.add(frames)
+        pieced.begin_segment(len(lead))
+        pieced.add(np.concatenate([lead, body[:1]]))
+        piece = encode_piece(PieceFormat(48, 32, 16, codec="ffv1"), 0, lead, body)
+        pieced.add_measured(piece.body_steps, body[-1])
+    assert pieced.report() == whole.report() and len(whole.report().seams) == 2
+
+
+def test_playlist_is_an_hls_event_playlist():
+    text = playlist([("pieces/00000.ts", 40), ("pieces/00001-lead.ts", 8)], 16, ended=False)
+    assert text.splitlines() == ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-PLAYLIST-TYPE:EVENT",
+                                 "#EXT-X-TARGETDURATION:3", "#EXT-X-MEDIA-SEQUENCE:0", "#EXTINF:2.500000,",
+                                 "pieces/00000.ts", "#EXTINF:0.500000,", "pieces/00001-lead.ts"]
+    assert playlist([], 16, ended=True).endswith("#EXT-X-ENDLIST\n")

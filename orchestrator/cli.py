@@ -11,8 +11,10 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from types import UnionType
+from typing import Literal, Union, get_args, get_origin
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from actors.config import ParallelConfig
 from orchestrator import environment
@@ -26,43 +28,64 @@ from pipeline.video_io import output_format
 logger = logging.getLogger("minutereel")
 
 
+def _add_field_flag(parser: argparse.ArgumentParser, flag: str, model: type[BaseModel], field: str, note: str = "",
+                    **kwargs) -> None:
+    """Add `flag` for `model`'s `field`, taking its default, type, choices and help (the field's description, then
+    `note`) from the model: the pydantic models hold the one copy of every default."""
+    info = model.model_fields[field]
+    default = info.get_default(call_default_factory=True)
+    kinds = [a for a in get_args(info.annotation) if a is not type(None)] \
+        if get_origin(info.annotation) in (Union, UnionType) else [info.annotation]
+    (kind,) = kinds
+    if get_origin(kind) is Literal:
+        kwargs.setdefault("choices", list(get_args(kind)))
+    elif kind in (int, float, str):
+        kwargs.setdefault("type", kind)
+    text = "; ".join(filter(None, [(info.description or "").rstrip("."), note])).replace("%", "%%")
+    if default is not None:
+        text += " (default: %(default)s)"
+    parser.add_argument(flag, default=default, help=text, **kwargs)
+
+
 def _add_request_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--prompt", help="text prompt (required unless --storyboard is given)")
+    _add_field_flag(parser, "--prompt", RenderRequest, "prompt", "required unless --storyboard is given")
     parser.add_argument("--storyboard", help="YAML or JSON list of {at_s, prompt, image?}")
-    parser.add_argument("--image", help="image file to use as the first keyframe")
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds of video (default 60)")
-    parser.add_argument("--fps", type=int, help="frames per second (default: the preset's native rate, 16 for tiny)")
-    parser.add_argument("--width", type=int, help="pixels (default: the preset's)")
-    parser.add_argument("--height", type=int, help="pixels (default: the preset's)")
-    parser.add_argument("--seed", type=int, default=0)
+    _add_field_flag(parser, "--image", RenderRequest, "image")
+    _add_field_flag(parser, "--duration", RenderRequest, "duration_s")
+    _add_field_flag(parser, "--fps", RenderRequest, "fps")
+    _add_field_flag(parser, "--width", RenderRequest, "width")
+    _add_field_flag(parser, "--height", RenderRequest, "height")
+    _add_field_flag(parser, "--seed", RenderRequest, "seed")
     _add_model_flags(parser)
-    parser.add_argument("--mode", choices=["chain", "keyframes", "bridge"],
-                        help="continuity mode (default: chain with one worker, bridge with more)")
-    parser.add_argument("--overlap", type=int, default=8, help="frames shared by neighbouring segments")
-    parser.add_argument("--segment-frames", type=int, help="longest segment (default: the preset's maximum)")
-    parser.add_argument("--steps", type=int, help="denoising steps (default: the preset's)")
-    parser.add_argument("--guidance", type=float, help="guidance scale (default: the preset's)")
-    parser.add_argument("--workers", type=int, help="shard groups (default: as many as the cluster fits)")
-    parser.add_argument("--sp-degree", type=int, default=1, help="ranks per group (sequence parallelism)")
+    _add_field_flag(parser, "--mode", RenderRequest, "mode")
+    _add_field_flag(parser, "--overlap", RenderRequest, "overlap_frames")
+    _add_field_flag(parser, "--segment-frames", RenderRequest, "segment_frames")
+    _add_field_flag(parser, "--steps", RenderRequest, "steps")
+    _add_field_flag(parser, "--guidance", RenderRequest, "guidance")
+    _add_pool_flags(parser)
+
+
+def _add_pool_flags(parser: argparse.ArgumentParser) -> None:
+    _add_field_flag(parser, "--workers", ParallelConfig, "workers")
+    _add_field_flag(parser, "--sp-degree", SequenceParallelConfig, "degree", "sequence parallelism")
 
 
 def _add_model_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="tiny",
-                        help="model preset: a name from `minutereel presets`, or a preset YAML file (default tiny)")
-    parser.add_argument("--quantize", choices=["none", "int8"], default="none", help="weight quantization")
+    _add_field_flag(parser, "--preset", ModelConfig, "preset")
+    _add_field_flag(parser, "--quantize", ModelConfig, "quantize")
     parser.add_argument("--lora", action="append", default=[], metavar="PATH_OR_ID[:SCALE]",
                         help="LoRA fused into the model after the preset's own (repeatable): a .safetensors file or "
                              "a directory holding one, or a hub id owner/name[/FILE]; SCALE defaults to 1")
 
 
 def _add_stitch_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--blend", choices=["linear", "cosine"], default="linear", help="crossfade curve")
+    _add_field_flag(parser, "--blend", StitchConfig, "curve")
     parser.add_argument("--no-color-correction", dest="color_correction", action="store_false",
+                        default=StitchConfig.model_fields["color_correction"].default,
                         help="keep each segment's colours (default: match its mean and spread to the previous "
                              "segment's in their overlap; chain mode only when rendering)")
-    parser.add_argument("--crf", type=int, default=18, help="x264 quality (lower is better)")
-    parser.add_argument("--codec", default="libx264",
-                        help="ffmpeg encoder (default libx264; ffv1 is lossless and needs an .mkv output)")
+    _add_field_flag(parser, "--crf", StitchConfig, "crf")
+    _add_field_flag(parser, "--codec", StitchConfig, "codec", "ffv1 is lossless and needs an .mkv output")
 
 
 def _stitch_config(args: argparse.Namespace) -> StitchConfig:
@@ -188,8 +211,7 @@ def _serve(args: argparse.Namespace) -> int:
     jobs_root = args.jobs_root or environment.jobs_root()
     connect_ray(config.ray_address)
     serve.start(http_options={"host": args.host, "port": args.port})
-    app = build_app({"jobs_root": jobs_root, "max_active_jobs": args.max_active_jobs,
-                     **config.model_dump(mode="json", include={"model", "parallel", "stitch"})})
+    app = build_app(_serve_args(args, config, jobs_root))
     serve.run(app, name="minutereel", route_prefix="/")
     print(f"minutereel serving on http://{args.host}:{args.port} (jobs in {jobs_root}); Ctrl-C stops")
     stop = threading.Event()
@@ -200,6 +222,12 @@ def _serve(args: argparse.Namespace) -> int:
     with contextlib.suppress(ValueError):  # the runner is detached: it outlives the app unless stopped
         ray.kill(ray.get_actor(ServeSettings.model_fields["runner_name"].default))
     return 0
+
+
+def _serve_args(args: argparse.Namespace, config: EngineConfig, jobs_root: str) -> dict:
+    """build_app's arguments (ServeSettings' fields); those the flags leave unset take ServeSettings' defaults."""
+    given = {"max_active_jobs": args.max_active_jobs} if args.max_active_jobs is not None else {}
+    return {"jobs_root": jobs_root, **given, **config.model_dump(mode="json", include={"model", "parallel", "stitch"})}
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -319,10 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve_cmd.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve_cmd.add_argument("--jobs-root", help="job directories (default: $MINUTEREEL_JOBS_ROOT or ./minutereel-jobs)")
-    serve_cmd.add_argument("--max-active-jobs", type=int, default=8, help="unfinished jobs before POST answers 429")
+    serve_cmd.add_argument("--max-active-jobs", type=int,
+                           help="unfinished jobs before POST answers 429 (default: ServeSettings.max_active_jobs)")
     _add_model_flags(serve_cmd)
-    serve_cmd.add_argument("--workers", type=int, help="shard groups (default: as many as the cluster fits)")
-    serve_cmd.add_argument("--sp-degree", type=int, default=1, help="ranks per group (sequence parallelism)")
+    _add_pool_flags(serve_cmd)
     _add_stitch_flags(serve_cmd)
     serve_cmd.set_defaults(run=_serve)
 

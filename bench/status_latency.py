@@ -3,10 +3,10 @@ old behaviour (all of that under the dispatcher lock).
 
     python -m bench.status_latency
 
-A keyframes-mode plan at 1280x720, 16 fps, 33-frame segments (8-frame overlaps), with a job directory (so
-every segment is saved with np.save, then stitched and encoded with libx264 crf 18). The shard groups are
-in-process stand-ins that return a pre-made 720p segment (a moving test pattern) RENDER_S seconds after it
-was asked for, so the measurement is the driver's output path alone. A second thread asks for the job's
+A keyframes-mode plan at 1280x720, 16 fps, 33-frame segments (8-frame overlaps), with a job directory (so every
+segment's edges are saved, and its pieces encoded with libx264 crf 18 in this process: LocalFrames). The shard
+groups are in-process stand-ins that return a pre-made 720p segment (a moving test pattern) RENDER_S seconds
+after it was asked for, so the measurement is the driver's output path alone. A second thread asks for the job's
 status every POLL_S seconds the way `JobRunner.status` does (state.json, then the dispatcher's running tasks,
 which takes the dispatcher lock; the HTTP hop and the Ray progress probe are the same in both modes and left
 out) and records how long each answer took. `locked` is the old path, kept reachable here only: after each
@@ -30,10 +30,11 @@ from orchestrator.jobs import JobStore
 from orchestrator.planner import plan_render
 from orchestrator.request import RenderRequest
 from orchestrator.scheduler import Dispatcher, PlanRun
+from pipeline.pieces import PieceFormat
 from pipeline.presets import load_preset
 from pipeline.stitch import OverlapStitcher
 from pipeline.testsrc import moving_pattern
-from pipeline.video_io import VideoWriter, ffmpeg_version
+from pipeline.video_io import ffmpeg_version
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WIDTH, HEIGHT, SECONDS, WORKERS = 1280, 720, 12.0, 2
@@ -100,7 +101,7 @@ def _measure(mode: str, segment: np.ndarray, root: Path) -> dict:
     plan = plan_render(request, load_preset("tiny")).model_copy(update={"width": WIDTH, "height": HEIGHT})
     job = JobStore(root / mode).create(request, job_id="bench")
     out = job.output
-    run = PlanRun(plan, lambda: VideoWriter(out, WIDTH, HEIGHT, plan.fps, crf=18), OverlapStitcher(), job)
+    run = PlanRun(plan, PieceFormat(WIDTH, HEIGHT, plan.fps, crf=18), out, OverlapStitcher(), job)
     dispatcher = (LockedDispatcher if mode == "locked" else Dispatcher)(Pool(segment), futures=Futures)
     latencies, stop = [], threading.Event()
 

@@ -15,3 +15,12 @@ def test_serve_and_batch_import_no_model_library():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+def test_cli_parser_imports_no_model_library():
+    # Its flags' defaults come from the config models; those must stay free of torch so `--help` answers at once.
+    code = ("import json, sys; from orchestrator import cli; cli.build_parser().parse_args(['render']); "
+            "print(json.dumps([m for m in ('torch', 'diffusers', 'transformers', 'optimum') if m in sys.modules]))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []

@@ -250,9 +250,10 @@ class Recovery:
         return len({id(start) for start in self._starts.values()})
 
     def deadline(self) -> float | None:
-        """When the earliest rebuild still waiting for its placement group times out, if any does."""
-        waiting = [s.placed_by for s in self._starts.values() if s.placement_ref in s.pending]
-        return min(waiting) if waiting else None
+        """When the earliest rebuild times out in the phase it waits on (placement, then load and warm-up)."""
+        starts = {id(s): s for s in self._starts.values()}.values()
+        deadlines = [d for s in starts if (d := s.deadline) is not None]
+        return min(deadlines) if deadlines else None
 
     def rebuild(self, group: ShardGroup, cause: str) -> None:
         """Take broken `group` out of the pool, shut it down and start a fresh one in its slot (returns at once)."""

@@ -45,7 +45,8 @@ MAX_VIDEO_BYTES = 256 * 2**20  # a video uploaded to be extended
 MAX_STILLS = 64  # a spritesheet shows at most this many stills, evenly chosen
 SPRITESHEET_COLUMNS = 8
 STATIC = Path(__file__).with_name("static")
-STUDIO_FILES = {"studio.js": "text/javascript", "studio.css": "text/css"}
+STUDIO_FILES = {"studio.js": "text/javascript", "studio.css": "text/css",
+                "hls.light.min.js": "text/javascript"}  # hls.js 1.7.4, vendored (Apache-2.0: hls.js.LICENSE)
 # The page and its files hold no data (a browser cannot send a bearer token when it navigates); every
 # request the page makes for data carries the token typed into it.
 OPEN_PATHS = frozenset({"/healthz", "/", *(f"/studio/{name}" for name in STUDIO_FILES)})

@@ -266,7 +266,8 @@ class OutputSink:
                 return
             layout = self.layouts[index]
             n, p, q = layout.num_frames, layout.overlap_prev, layout.overlap_next
-            head = np.stack([edges[i] for i in range(p)]) if p else np.zeros((0, *edges[n - 1].shape), np.uint8)
+            shape = next(iter(edges.values())).shape
+            head = np.stack([edges[i] for i in range(p)]) if p else np.zeros((0, *shape), np.uint8)
             tail = np.stack([edges[i] for i in range(n - q, n)]) if q else head[:0]
             lead, lut = self.stitcher.join(head, tail)
             lead = lead[:layout.keep]
@@ -367,8 +368,8 @@ class OutputSink:
     def _finish(self) -> None:
         if self.progress.frames_written != self.plan.total_frames:
             raise RuntimeError(f"wrote {self.progress.frames_written} of {self.plan.total_frames} frames")
-        pieces = [self.pieces_dir / uri.removeprefix("pieces/") for uri, _ in self._playlist]
-        concat_pieces(pieces, self.out, self.fmt.codec)
+        pieces = [(self.pieces_dir / uri.removeprefix("pieces/"), frames) for uri, frames in self._playlist]
+        concat_pieces(pieces, self.out, self.fmt.codec, self.fmt.fps)
         self._write_playlist(ended=True)
         if self.job is None:
             shutil.rmtree(self.pieces_dir, ignore_errors=True)

@@ -127,13 +127,16 @@ def encode_piece(fmt: PieceFormat, start_frame: int, lead: np.ndarray, body: np.
     return Piece(data, count[0], tuple(steps))
 
 
-def concat_pieces(pieces: list[Path], out: Path, codec: str) -> Path:
-    """Join `pieces` (in order) into `out` by stream copy, through `out`.partial; returns `out`."""
+def concat_pieces(pieces: list[tuple[Path, int]], out: Path, codec: str, fps: Fraction | int) -> Path:
+    """Join `pieces` ((path, frames) in order) into `out` by stream copy, through `out`.partial; returns `out`.
+
+    Each piece's duration is given to the concat demuxer (frames / fps): it cannot tell a one-frame piece's."""
     container = output_format(out, codec)
     out = Path(out)
     partial = out.with_name(out.name + ".partial")
     listing = out.with_name(out.name + ".pieces.txt")
-    listing.write_text("".join(f"file '{Path(p).resolve()}'\n" for p in pieces))
+    listing.write_text("".join(f"file '{Path(p).resolve()}'\nduration {float(Fraction(n) / Fraction(fps)):.9f}\n"
+                               for p, n in pieces))
     args = dict(c="copy", format=container)
     if container in ("mp4", "mov"):
         args["movflags"] = "+faststart"

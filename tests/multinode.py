@@ -41,7 +41,7 @@ def main(cache: Path, out: Path) -> None:
         engine = RenderEngine(EngineConfig(model=ModelConfig(cache_dir=cache), parallel=parallel))
         request = RenderRequest(prompt="a fox", duration_s=4.0, mode="bridge", segment_frames=21, overlap_frames=4)
         try:
-            nodes = sorted({r["node"] for g in engine.pool.health() for r in g["ranks"]})
+            nodes = sorted({r.node for g in engine.pool.health() for r in g.ranks})
             job = JobStore(out / "jobs").create(request, job_id="multinode")
             removed = []
 
@@ -55,6 +55,7 @@ def main(cache: Path, out: Path) -> None:
             same = bool(np.array_equal(read_video(survived.path)[0], read_video(clean.path)[0]))
             files = sorted(str(p.relative_to(job.dir)) for p in job.dir.rglob("*") if p.is_file())
             report = {"nodes": len(nodes), "removed_with_segments_left": removed, "same_video": same,
+                      "segments_rendered": survived.rendered["segment"],
                       "state": job.state().state, "groups_left": len(engine.pool.groups), "job_files": files,
                       "driver_on_head": ray.get_runtime_context().get_node_id() == cluster.head_node.node_id}
         finally:

@@ -10,8 +10,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-JOB_FILES = ["keyframes/00000.npy", "keyframes/00001.npy", "output.mp4", "plan.json", "request.json",
-             "segments/00000.npy", "segments/00001.npy", "segments/00002.npy", "segments/00003.npy", "state.json"]
+SEGMENTS = range(4)
+JOB_FILES = sorted(["keyframes/00000.npy", "keyframes/00001.npy", "output.mp4", "plan.json", "request.json",
+                    "preview.m3u8", "state.json", *(f"edges/{i:05d}.npz" for i in SEGMENTS),
+                    *(f"pieces/{i:05d}{kind}" for i in SEGMENTS for kind in (".json", ".ts")),
+                    *(f"pieces/{i:05d}-lead.ts" for i in SEGMENTS[1:])])
 
 
 def test_render_survives_losing_a_node_with_the_same_video(tiny_cache, tmp_path):
@@ -23,4 +26,4 @@ def test_render_survives_losing_a_node_with_the_same_video(tiny_cache, tmp_path)
     assert report["removed_with_segments_left"][0] >= 2  # removed mid-render
     assert report["same_video"] and report["state"] == "done"
     assert report["groups_left"] == 1  # the lost node's group was given up, the other finished the video
-    assert report["driver_on_head"] and report["job_files"] == JOB_FILES
+    assert report["driver_on_head"] and report["job_files"] == JOB_FILES, report["job_files"]

@@ -153,11 +153,11 @@ def test_a_job_resumes_only_under_the_weights_it_was_rendered_with(engine, tmp_p
 def test_pool_loads_once_across_renders(engine, tmp_path):
     for name in ("a", "b"):
         engine.render(RenderRequest(prompt="a fox", duration_s=1.0, mode="chain"), tmp_path / f"{name}.mp4")
-    ranks = [rank for group in engine.pool.health() for rank in group["ranks"]]
+    ranks = [rank for group in engine.pool.health() for rank in group.ranks]
     assert len(ranks) == 2
-    assert {r["load_count"] for r in ranks} == {1}
-    assert all(r["device"] == "cpu" and r["cpus"] == 1 for r in ranks)
-    assert sum(r["segments_rendered"] for r in ranks) >= 2
+    assert {r.load_count for r in ranks} == {1}
+    assert all(r.device == "cpu" and r.cpus == 1 for r in ranks)
+    assert sum(r.segments_rendered for r in ranks) >= 2
 
 
 def test_bad_request_fails_before_any_file(engine, tmp_path):

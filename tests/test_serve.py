@@ -607,14 +607,16 @@ def _watch_page(driver, timeout_s=180) -> list[dict]:
 
 
 def test_studio_page_renders_a_storyboard_and_plays_it(api, browser, tmp_path):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     client, jobs = api
 
-    def until(condition, timeout_s=60):
-        return WebDriverWait(browser, timeout_s, poll_frequency=0.05).until(lambda driver: condition())
+    def until(condition, timeout_s=60):  # the page redraws its lists: an element found may be replaced at once
+        return WebDriverWait(browser, timeout_s, poll_frequency=0.05,
+                             ignored_exceptions=(StaleElementReferenceException,)).until(lambda driver: condition())
 
     def field(element_id):
         return browser.find_element(By.ID, element_id)
@@ -664,6 +666,14 @@ def test_studio_page_renders_a_storyboard_and_plays_it(api, browser, tmp_path):
     assert shown["ready"] >= 2 and shown["error"] is None and shown["width"] == 128, shown
     assert abs(shown["duration"] - 3.0) < 0.1, shown
     assert shown["strip"] >= 3 * 128, shown  # a still per segment start
+    # The live preview played the pieces through hls.js; its playlist ended, so it holds the whole video.
+    preview = """const v = document.getElementById('preview-video');
+        return {pieces: studio.previewPieces, ready: v.readyState, duration: v.duration, error: v.error && v.error.code,
+                width: v.videoWidth};"""
+    until(lambda: browser.execute_script(preview)["pieces"] >= 1, 30)
+    until(lambda: abs(browser.execute_script(preview)["duration"] - 3.0) < 0.1, 30)
+    shown = browser.execute_script(preview)
+    assert shown["ready"] >= 1 and shown["error"] is None and shown["width"] == 128, shown
     chrome = browser.execute_script("return window.outerHeight - window.innerHeight")
     browser.set_window_size(1280, browser.execute_script("return document.documentElement.scrollHeight") + chrome)
     screenshot = tmp_path / "studio.png"

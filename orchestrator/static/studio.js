@@ -9,7 +9,7 @@ const JOBS_REFRESH_MS = 4000;
 const ACTIVE = new Set(["queued", "in_progress"]);
 
 const studio = { token: localStorage.getItem(TOKEN_KEY) || "", current: null, watch: null, planBusy: false,
-                 planAgain: false, stripDone: -1, objectUrls: {} };
+                 planAgain: false, stripDone: -1, objectUrls: {}, preview: null, previewPieces: 0 };
 
 class APIError extends Error {
   constructor(status, message) { super(message); this.status = status; }
@@ -129,6 +129,7 @@ async function watch(id) {
     if (studio.objectUrls[kind]) URL.revokeObjectURL(studio.objectUrls[kind]);
   }
   $("video").load();
+  stopPreview();
   $("timeline").replaceChildren(element("div", { class: "empty" }, "planning…"));
   let last = null;
   try {
@@ -136,7 +137,8 @@ async function watch(id) {
       last = video;
       showVideo(video);
       refreshPlan(id);
-      const { keyframes_done: keyframes, segments_done: segments } = video.render.progress;
+      const { keyframes_done: keyframes, segments_done: segments, frames_written: written } = video.render.progress;
+      if (written > 0) startPreview(id);  // the first piece exists
       if (keyframes > 0 && keyframes + segments !== studio.stripDone) {  // a new still may start the strip
         studio.stripDone = keyframes + segments;
         showMedia(id, "strip", "spritesheet");
@@ -166,6 +168,37 @@ async function showMedia(id, target, variant) {
   } catch (err) {
     if (err.status !== 409) $("job-error").textContent = err.message;
   }
+}
+
+// -- the live preview ----------------------------------------------------------------------------
+
+function stopPreview() {
+  if (studio.preview) studio.preview.destroy();
+  studio.preview = null;
+  studio.previewPieces = 0;
+  $("preview-video").removeAttribute("src");
+  $("preview-state").textContent = "waits for the first piece";
+}
+
+function startPreview(id) {
+  // The server's preview.m3u8 is an HLS event playlist of the pieces joined so far; hls.js plays it from the
+  // start and follows it as it grows, until #EXT-X-ENDLIST. Its requests carry the token like every other.
+  if (studio.preview || !window.Hls || !Hls.isSupported()) return;
+  const hls = new Hls({
+    startPosition: 0,
+    xhrSetup: (xhr) => { if (studio.token) xhr.setRequestHeader("Authorization", `Bearer ${studio.token}`); },
+  });
+  hls.on(Hls.Events.FRAG_LOADED, () => {
+    studio.previewPieces += 1;
+    $("preview-state").textContent = `${studio.previewPieces} piece(s)`;
+  });
+  hls.on(Hls.Events.ERROR, (_event, data) => {
+    if (data.fatal) $("preview-state").textContent = `stopped: ${data.details}`;
+  });
+  hls.loadSource(`/v1/videos/${id}/preview.m3u8`);
+  hls.attachMedia($("preview-video"));
+  $("preview-video").play().catch(() => { /* autoplay refused: the controls remain */ });
+  studio.preview = hls;
 }
 
 // -- the timeline --------------------------------------------------------------------------------

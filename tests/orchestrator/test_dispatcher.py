@@ -112,6 +112,8 @@ class FakeGroup:
 class FakeStart(GroupStart):
     def settle(self, ref) -> bool:
         self.pending.discard(ref)
+        if ref == self.placement_ref:
+            self.loaded_by = self.clock() + self.load_timeout_s
         self.group.futures.get(ref)
         return not self.pending
 
@@ -128,7 +130,7 @@ class FakePool(WorkerPool):
     def begin_start(self, group_id: int, attempt: int = 1) -> GroupStart:
         outcome = (self.starts.get(group_id) or ["ready"]).pop(0)
         return FakeStart(FakeGroup(group_id, self.futures, outcome), attempt, self.parallel.placement_timeout_s,
-                         self.clock)
+                         self.parallel.load_timeout_s, self.clock)
 
 
 def _setup(workers: int, **parallel):

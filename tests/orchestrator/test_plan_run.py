@@ -2,6 +2,8 @@
 on the head, a body encoded where it was rendered) that land in any order and join by stream copy into exactly the
 frames the whole-segment stitcher makes."""
 
+from concurrent.futures import Future
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,7 @@ from orchestrator.jobs import JobStore
 from orchestrator.planner import plan_render
 from orchestrator.request import RenderRequest
 from orchestrator.scheduler import PlanRun
+from orchestrator.transport import LocalFrames
 from pipeline.pieces import PieceFormat
 from pipeline.presets import load_preset
 from pipeline.stitch import OverlapStitcher
@@ -92,3 +95,37 @@ def test_chain_pieces_compose_colour_correction_and_resume_keeps_what_was_encode
     assert {p.name: p.stat().st_mtime_ns for p in job.pieces.iterdir() if p.name in kept} == kept
     frames, _ = read_video(tmp_path / "chain.mkv")
     np.testing.assert_array_equal(frames, _whole_segment_video(plan, True))
+
+
+class LosingFrames(LocalFrames):
+    """LocalFrames whose first encode of segment 1's body fails as if its node died with the frames."""
+
+    def __init__(self):
+        super().__init__()
+        self.failed = False
+
+    def encode(self, fmt, start, lead, body, lo, hi, lut):
+        if not self.failed and start > 0:
+            self.failed = True
+            future = Future()
+            future.set_exception(ConnectionError("the node holding the frames died"))
+            return future
+        return super().encode(fmt, start, lead, body, lo, hi, lut)
+
+    @staticmethod
+    def lost(err):
+        return isinstance(err, ConnectionError)
+
+
+def test_a_body_lost_before_its_piece_is_rendered_again_and_the_video_is_unchanged(tmp_path):
+    run, plan, job = _run(tmp_path, "lost", True)
+    run.transport = run.sink.transport = LosingFrames()
+    tasks = {task.spec.index: task for task in iter(run.take_ready, None)}
+    for spec in plan.segments:
+        run.complete(tasks[spec.index], _frames(spec))
+    run.sink.drain()
+    (again,) = run.pending  # the lost segment is back in the run's tasks, at once ready
+    assert again.spec.index != 0 and run.take_ready() is again and run.progress.segments_done == len(plan.segments)
+    run.complete(again, _frames(again.spec))
+    assert run.finished.wait(30) and run.error is None
+    np.testing.assert_array_equal(read_video(tmp_path / "lost.mkv")[0], _whole_segment_video(plan, False))

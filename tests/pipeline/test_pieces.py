@@ -20,20 +20,22 @@ def _frames(n, seed):
 @pytest.mark.parametrize("codec, suffix", [("ffv1", ".mkv"), ("libx264", ".mp4")])
 def test_pieces_join_by_stream_copy_into_the_frames_fed(tmp_path, codec, suffix):
     fmt = PieceFormat(48, 32, 16, codec=codec)
-    runs = [_frames(n, seed) for seed, n in enumerate((17, 5, 30))]
+    runs = [_frames(n, seed) for seed, n in enumerate((17, 5, 1, 30))]  # a one-frame piece too (a keyframe seam)
     lut = fit_color_match(runs[0], runs[1])  # the body of the second piece is mapped through a real table
     paths, start = [], 0
     for i, frames in enumerate(runs):
-        piece = encode_piece(fmt, start, frames[:3], frames[3:], lut if i == 1 else None)
-        assert piece.frames == len(frames) and len(piece.body_steps) == len(frames) - 4
+        lead = 3 if len(frames) > 3 else 0
+        piece = encode_piece(fmt, start, frames[:lead], frames[lead:], lut if i == 1 else None)
+        assert piece.frames == len(frames) and len(piece.body_steps) == len(frames) - lead - 1
         paths.append(tmp_path / f"{i}{fmt.suffix}")
         paths[-1].write_bytes(piece.data)
         start += piece.frames
-    frames, info = read_video(concat_pieces(paths, tmp_path / f"all{suffix}", codec))
-    assert info.frames == start and abs(info.duration_s - start / 16) < 1e-9
+    listed = list(zip(paths, [len(r) for r in runs], strict=True))
+    frames, info = read_video(concat_pieces(listed, tmp_path / f"all{suffix}", codec, 16))
+    assert info.frames == start and info.fps == 16 and abs(info.duration_s - start / 16) < 1e-9
     from pipeline.stitch import apply_color_match
 
-    expected = np.concatenate([runs[0], runs[1][:3], apply_color_match(runs[1][3:], lut), runs[2]])
+    expected = np.concatenate([runs[0], runs[1][:3], apply_color_match(runs[1][3:], lut), *runs[2:]])
     if codec == "ffv1":
         np.testing.assert_array_equal(frames, expected)
     else:
@@ -49,7 +51,7 @@ def test_a_broken_piece_fails_naming_ffmpeg(tmp_path):
         encode_piece(fmt, 0, np.zeros((0, 32, 48, 3), np.uint8), np.zeros((0, 32, 48, 3), np.uint8))
     (tmp_path / "bad.ts").write_bytes(b"not a piece")
     with pytest.raises(RuntimeError, match="ffmpeg failed joining"):
-        concat_pieces([tmp_path / "bad.ts"], tmp_path / "out.mp4", "libx264")
+        concat_pieces([(tmp_path / "bad.ts", 1)], tmp_path / "out.mp4", "libx264", 16)
     assert not (tmp_path / "out.mp4").exists()
 
 

@@ -204,6 +204,7 @@ class ShardGroup:
         """Reserve the placement group and create the ranks; nothing waits here (see `start`).
         `rank_class`: ShardRank or a subclass (tests inject faults at a lifecycle phase with one)."""
         self.group_id, self.closed = group_id, False
+        self._node: str | None = None
         degree = parallel.sp_degree
         self.bundle = {"CPU": parallel.cpus_per_rank, **({"GPU": 1} if use_gpu else {})}
         self.placement = placement_group([self.bundle] * degree, strategy="STRICT_PACK")
@@ -217,6 +218,12 @@ class ShardGroup:
             ).remote(r, model, parallel.sequence)
             for r in range(degree)
         ]
+
+    def node(self) -> str:
+        """The id of the node rank 0 runs on, where the group's frames are made (asked of the GCS once)."""
+        if self._node is None:
+            self._node = ray.util.placement_group_table(self.placement)["bundles_to_node_id"][0]
+        return self._node
 
     def call(self, method: str, *args) -> list[ray.ObjectRef]:
         """Start `method` on every rank (SPMD); returns one ref per rank."""

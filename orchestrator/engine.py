@@ -78,6 +78,8 @@ class RenderEngine:
         preflight(config)
         connect_ray(config.ray_address)
         self.pool = WorkerPool(config.model, config.parallel, rank_class)
+        self.frames = RayFrames()  # where every run's segments stay and their pieces are encoded
+        self.frames.prepare(self.pool.groups)
         self.dispatcher = Dispatcher(self.pool)
 
     def resolve(self, request: RenderRequest) -> RenderRequest:
@@ -116,7 +118,7 @@ class RenderEngine:
         if CODEC_PIX_FMTS.get(stitch.codec, "yuv420p") == "yuv420p" and (plan.width % 2 or plan.height % 2):
             raise ValueError(f"width and height must be even for yuv420p, got {plan.width}x{plan.height}")
         fmt = PieceFormat(plan.width, plan.height, plan.fps, codec=stitch.codec, crf=stitch.crf)
-        return PlanRun(plan, fmt, out, stitcher, job, on_progress, on_stitching, prefix, RayFrames())
+        return PlanRun(plan, fmt, out, stitcher, job, on_progress, on_stitching, prefix, self.frames)
 
     def job_plan(self, job: Job, request: RenderRequest | None = None) -> RenderPlan:
         """The plan `job` renders: the one it saved, if any (its saved frames belong to that plan, even
@@ -179,4 +181,5 @@ class RenderEngine:
                             dict(run.rendered))
 
     def shutdown(self) -> None:
+        self.frames.shutdown()
         self.pool.shutdown()

@@ -164,7 +164,8 @@ class PlanRun:
             first=self._frame(spec.first), last=self._frame(spec.last) if spec.last else None,
             steps=plan.steps, guidance=plan.guidance,
         )
-        return self.transport.track(task.task_id, group.render_segment(request, task.task_id), self._edges[spec.index])
+        return self.transport.track(task.task_id, group.render_segment(request, task.task_id), self._edges[spec.index],
+                                    group)
 
     def complete(self, task: Task, result: np.ndarray) -> None:
         """Record a finished task: its frames condition what depends on them at once; the sink saves, counts,

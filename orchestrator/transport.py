@@ -1,14 +1,15 @@
 """Where a segment's frames stay and where its piece is encoded.
 
 `RayFrames` (the engine's): a rendered segment stays in the object store of the node that rendered it. Only its
-edges (pipeline.pieces: the few raw frames the head needs) travel, taken by a small task beside the frames; the
-piece is encoded by a task on the frames' node, and only its bytes travel. `LocalFrames`: the frames come to
+edges (orchestrator.sink: the few raw frames the head needs) travel, taken beside the frames by that node's
+PieceWorker, which also encodes the body's piece there: only the piece's bytes travel. `LocalFrames`: the frames come to
 this process and pieces are encoded on its threads (runs without Ray, e.g. unit tests).
 """
 
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,8 +23,8 @@ class LocalFrames:
     def __init__(self, workers: int = 2):
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="piece-encoder")
 
-    def track(self, task_id: str, ref: Any, indices: list[int]) -> Any:
-        """What to wait on for a segment render `ref` whose edges are frames `indices`."""
+    def track(self, task_id: str, ref: Any, indices: list[int], group=None) -> Any:
+        """What to wait on for a segment render `ref` (on `group`) whose edges are frames `indices`."""
         return ref
 
     def received(self, task_id: str, result: np.ndarray, indices: list[int]) -> tuple[dict[int, np.ndarray], Any]:
@@ -44,13 +45,25 @@ class LocalFrames:
         return False
 
 
-def _take_edges(frames: np.ndarray, indices: list[int]) -> dict[int, np.ndarray]:
-    return {i: np.array(frames[i]) for i in indices}
+class PieceWorker:
+    """One per node (a Ray actor holding no CPU slot): takes segments' edges and encodes their bodies beside the
+    frames, in long-lived threads, so no Ray worker process is started per piece. Edges have their own thread:
+    a chain waits on them, never behind an encode."""
+
+    def edges(self, frames: np.ndarray, indices: list[int]) -> dict[int, np.ndarray]:
+        return {i: np.array(frames[i]) for i in indices}
+
+    def encode(self, fmt: PieceFormat, start: int, lead: np.ndarray, frames: np.ndarray, lo: int, hi: int,
+               lut: np.ndarray | None) -> Piece:
+        return encode_piece(fmt, start, lead, frames[lo:hi], lut)
 
 
-def _encode_body(fmt: PieceFormat, start: int, lead: np.ndarray, frames: np.ndarray, lo: int, hi: int,
-                 lut: np.ndarray | None) -> Piece:
-    return encode_piece(fmt, start, lead, frames[lo:hi], lut)
+@dataclass(frozen=True)
+class RayBody:
+    """A segment's frames in the object store of `node`."""
+
+    ref: Any
+    node: str
 
 
 class RayFrames:
@@ -60,15 +73,29 @@ class RayFrames:
         import ray
 
         self._ray = ray
-        # No CPU slot: the tasks are small or mostly ffmpeg, and must not wait behind the ranks that hold the
-        # node's slots. Without a resource ask, Ray's default scheduling runs them where their frames are.
-        self._edges = ray.remote(num_cpus=0)(_take_edges)
-        self._encode = ray.remote(num_cpus=0)(_encode_body)
-        self._bodies: dict[str, Any] = {}
+        self._bodies: dict[str, RayBody] = {}
+        self._workers: dict[str, Any] = {}  # node id -> its PieceWorker
 
-    def track(self, task_id: str, ref: Any, indices: list[int]) -> Any:
-        self._bodies[task_id] = ref
-        return self._edges.remote(ref, indices)
+    def prepare(self, groups: list) -> None:
+        """Start the PieceWorkers of the nodes `groups` render on now, not at their first segment."""
+        for group in groups:
+            self._worker(group.node())
+
+    def _worker(self, node: str):
+        if node not in self._workers:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            cpus = next((n["Resources"].get("CPU", 1) for n in self._ray.nodes() if n["NodeID"] == node), 1)
+            actor = self._ray.remote(concurrency_groups={"edges": 1, "encode": max(1, int(cpus))})(PieceWorker)
+            self._workers[node] = actor.options(
+                num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
+            ).remote()
+        return self._workers[node]
+
+    def track(self, task_id: str, ref: Any, indices: list[int], group=None) -> Any:
+        node = group.node()
+        self._bodies[task_id] = RayBody(ref, node)
+        return self._worker(node).edges.options(concurrency_group="edges").remote(ref, indices)
 
     def received(self, task_id: str, result: dict[int, np.ndarray], indices: list[int]) -> tuple[dict, Any]:
         return result, self._bodies.pop(task_id)
@@ -76,16 +103,17 @@ class RayFrames:
     def forget(self, task_id: str) -> None:
         self._bodies.pop(task_id, None)
 
-    def encode(self, fmt: PieceFormat, start: int, lead: np.ndarray, body: Any, lo: int, hi: int,
+    def encode(self, fmt: PieceFormat, start: int, lead: np.ndarray, body: RayBody, lo: int, hi: int,
                lut: np.ndarray | None) -> Future:
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        options = {}
-        nodes = self._ray.experimental.get_object_locations([body]).get(body, {}).get("node_ids") or []
-        if nodes:  # pinned beside the frames (soft: if that node is gone the task fails as lost, not hangs)
-            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(nodes[0], soft=True)
-        return self._encode.options(**options).remote(fmt, start, lead, body, lo, hi, lut).future()
+        call = self._worker(body.node).encode.options(concurrency_group="encode")
+        return call.remote(fmt, start, lead, body.ref, lo, hi, lut).future()
 
     def lost(self, err: BaseException) -> bool:
         exceptions = self._ray.exceptions
         return isinstance(err, exceptions.RayError) and not isinstance(err, exceptions.RayTaskError)
+
+    def shutdown(self) -> None:
+        """Stop the per-node workers."""
+        for worker in self._workers.values():
+            self._ray.kill(worker)
+        self._workers.clear()

@@ -48,10 +48,12 @@ class GroupStart:
                  clock=time.monotonic):
         self.group, self.attempt, self.clock = group, attempt, clock
         self.placement_timeout_s, self.load_timeout_s = placement_timeout_s, load_timeout_s
-        self.placed_by = clock() + placement_timeout_s
+        self.started = clock()
+        self.placed_by = self.started + placement_timeout_s
         self.loaded_by: float | None = None  # set once the placement group is ready
         self.refs = group.start()
         self.pending = set(self.refs)
+        self.timeline: dict[str, float] = {}  # phase -> seconds from the start until its last ref resolved
 
     @property
     def placement_ref(self) -> ray.ObjectRef:
@@ -70,6 +72,9 @@ class GroupStart:
         if ref == self.placement_ref:
             self.loaded_by = self.clock() + self.load_timeout_s
         ray.get(ref)
+        phase = getattr(self.group, "phases", {}).get(ref)
+        if phase is not None:
+            self.timeline[phase] = round(self.clock() - self.started, 3)
         return not self.pending
 
     def overdue(self, now: float) -> RuntimeError | None:
@@ -101,6 +106,7 @@ class WorkerPool:
                 "lower --workers or --sp-degree, or check `ray status`"
             )
         started = time.perf_counter()
+        self.startup: dict = {}  # when each start-up phase of the last group to be ready ended (s from its start)
         self.groups: list[ShardGroup] = []
         self._created: list[ShardGroup] = []  # every group made, so shutdown also stops those still starting
         starts = [self.begin_start(i) for i in range(self.size)]
@@ -163,6 +169,7 @@ class WorkerPool:
                 try:
                     if start.settle(ref):
                         live.append(start.group)
+                        self.startup = {"group": start.group.group_id, **start.timeline}  # the last to be ready
                 except ray.exceptions.RayError as err:
                     failed(start, err)
         if not live:

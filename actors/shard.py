@@ -233,10 +233,13 @@ class ShardGroup:
         """Refs that resolve once the placement group is ready and every rank has its device, its process
         group, its pipeline and a warm first call. Nothing blocks: rank 0's rendezvous address reaches the
         other ranks as a ref, and each actor runs its calls in order, so each rank's phases follow one another."""
-        refs = [self.placement.ready(), *self.call("init_device")]
+        phases = {"placement": [self.placement.ready()], "init_device": self.call("init_device")}
         if len(self.ranks) > 1:
-            refs += self.call("init_distributed", self.ranks[0].rendezvous.remote())
-        return refs + self.call("load") + self.call("warmup")
+            phases["init_distributed"] = self.call("init_distributed", self.ranks[0].rendezvous.remote())
+        phases["load"] = self.call("load")
+        phases["warmup"] = self.call("warmup")
+        self.phases = {ref: name for name, refs in phases.items() for ref in refs}  # which phase each ref ends
+        return [ref for refs in phases.values() for ref in refs]
 
     def placement_error(self, waited_s: float) -> RuntimeError:
         degree = len(self.ranks)

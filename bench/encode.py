@@ -134,7 +134,7 @@ def _run_pieces(plan, drawers: list, out: Path) -> dict:
     run = PlanRun(plan, fmt, out, OverlapStitcher(color_correction=True), transport=transport)
     run.start()
     for task in [t for t in run.pending if t.kind == "keyframe"]:  # the first frame: given, not timed as work
-        run.pending.remove(task)
+        run.graph.pending.remove(task)
         run.complete(task, np.zeros((HEIGHT, WIDTH, 3), np.uint8))
     running, idle = {}, list(groups)
     while run.active:

@@ -75,12 +75,17 @@ class RenderEngine:
         self.config = config
         self.preset = load_preset(config.model.preset)
         self.weights = weights_id(self.preset, config.model.quantize, config.model.loras)
+        started = time.perf_counter()
         preflight(config)
         connect_ray(config.ray_address)
+        connected = time.perf_counter()
         self.pool = WorkerPool(config.model, config.parallel, rank_class)
         self.frames = RayFrames()  # where every run's segments stay and their pieces are encoded
         self.frames.prepare(self.pool.groups)
         self.dispatcher = Dispatcher(self.pool)
+        # Where start-up went (s): checks and Ray, then the pool (its slowest group's phases, from its start).
+        self.startup = {"preflight_and_ray_s": round(connected - started, 2),
+                        "pool_s": round(time.perf_counter() - connected, 2), "pool_phases_s": self.pool.startup}
 
     def resolve(self, request: RenderRequest) -> RenderRequest:
         """The request with engine defaults filled in (mode from the pool size, the engine's LoRAs)."""

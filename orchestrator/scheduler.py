@@ -17,7 +17,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +24,10 @@ import ray
 
 from actors.pool import WorkerPool
 from actors.shard import RenderCancelled, ShardGroup, last_line
+from orchestrator.graph import Task, TaskGraph
 from orchestrator.images import load_keyframe_image
 from orchestrator.jobs import Job, JobProgress
-from orchestrator.plan import FrameRef, KeyframeSpec, RenderPlan, SegmentSpec
+from orchestrator.plan import RenderPlan
 from orchestrator.sink import OutputSink, SegmentOutput
 from orchestrator.transport import LocalFrames
 from pipeline.generate import SegmentRequest
@@ -38,25 +38,12 @@ from pipeline.stitch import OverlapStitcher
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Task:
-    """One keyframe or segment of one run."""
-
-    run_id: int
-    kind: str
-    spec: KeyframeSpec | SegmentSpec
-
-    @property
-    def task_id(self) -> str:
-        return f"{self.run_id}:{self.kind}:{self.spec.index}"
-
-
 _run_ids = itertools.count()
 
 
 class PlanRun:
-    """One plan's execution state (driver side): the task graph (what is pending, what is ready because the
-    frames it is conditioned on exist, the conditioning-frame cache) and the run's OutputSink, which saves,
+    """One plan's execution state (driver side): its TaskGraph (orchestrator.graph: what is pending, what is ready
+    because the frames it is conditioned on exist, the conditioning-frame cache) and its OutputSink, which saves,
     joins and has pieces encoded on its own thread. The Dispatcher drives the graph; `fail` may come from any
     thread. `transport` says where segment frames stay and pieces are encoded (orchestrator.transport; default
     LocalFrames); `prefix` gives frames that open the video before the plan's own (a continued video)."""
@@ -72,52 +59,38 @@ class PlanRun:
         self.rendered = {"keyframe": 0, "segment": 0}  # tasks rendered by this run (not resumed)
         self.error: BaseException | None = None
         self.finished = threading.Event()
-        self._lock = threading.Lock()  # pending and the end of the run, shared with the sink's thread
-        self._keyframes: dict[int, np.ndarray] = {}
-        self._conditioning: dict[tuple[int, int], np.ndarray] = {}
-        self._needed = {(r.index, r.frame) for s in plan.segments for r in s.dependencies() if r.source == "segment"}
+        self._lock = threading.Lock()  # the graph and the end of the run, shared with the sink's thread
         self.attempts: dict[str, int] = {}
         self.transport = transport if transport is not None else LocalFrames()
-        self.pending, saved_segments = self._resume()
+        self.graph, saved_segments = self._resume()
         self.sink = OutputSink(plan, fmt, out, stitcher, self.transport, job, self.progress, saved_segments,
                                on_progress, on_stitching, self._sink_ended, self._lost, prefix)
         self._edges = {layout.index: layout.edges for layout in self.sink.layouts}
 
     # -- state ---------------------------------------------------------------------------------
 
-    def _resume(self) -> tuple[list[Task], set[int]]:
-        """Load user images and whatever the job directory already holds; return the tasks left and the
+    def _resume(self) -> tuple[TaskGraph, set[int]]:
+        """The task graph after loading user images and whatever the job directory already holds, and the
         saved segments."""
+        keyframes = {}
         saved_keyframes = self.job.saved("keyframes") if self.job else set()
         for spec in self.plan.keyframes:
             if spec.index in saved_keyframes:
-                self._keyframes[spec.index] = self.job.load_frames("keyframes", spec.index)
+                keyframes[spec.index] = self.job.load_frames("keyframes", spec.index)
             elif spec.source == "image":
-                self._keyframes[spec.index] = load_keyframe_image(spec.image, self.plan.width, self.plan.height)
-            else:
-                continue
-            self.progress.keyframes_done += 1
+                keyframes[spec.index] = load_keyframe_image(spec.image, self.plan.width, self.plan.height)
+        self.progress.keyframes_done += len(keyframes)
         saved_segments = self.job.saved("segments") if self.job else set()
-        for index in sorted(self.job.saved("edges") if self.job else ()):  # what others need, even if its piece
-            self._keep_conditioning(index, self.job.load_edges(index))   # is missing and it renders again
         self.progress.segments_done += len(saved_segments)
-        pending = [Task(self.id, "keyframe", k) for k in self.plan.keyframes if k.index not in self._keyframes]
-        pending += [Task(self.id, "segment", s) for s in sorted(self.plan.segments, key=lambda s: (s.wave, s.index))
-                    if s.index not in saved_segments]
-        return pending, saved_segments
+        # What other segments need, even from a segment whose piece is missing (it renders again).
+        edges = {index: self.job.load_edges(index) for index in (self.job.saved("edges") if self.job else ())}
+        return TaskGraph(self.plan, self.id, keyframes, saved_segments, edges), saved_segments
 
-    def _frame(self, ref: FrameRef) -> np.ndarray | None:
-        if ref.source == "keyframe":
-            return self._keyframes.get(ref.index)
-        return self._conditioning.get((ref.index, ref.frame))
-
-    def _ready(self, task: Task) -> bool:
-        return task.kind == "keyframe" or all(self._frame(r) is not None for r in task.spec.dependencies())
-
-    def _keep_conditioning(self, index: int, frames: np.ndarray | dict[int, np.ndarray]) -> None:
-        for segment, frame in self._needed:
-            if segment == index:
-                self._conditioning[(segment, frame)] = np.array(frames[frame])
+    @property
+    def pending(self) -> list[Task]:
+        """Tasks not yet taken (a copy)."""
+        with self._lock:
+            return list(self.graph.pending)
 
     @property
     def seams(self) -> SeamMeter:
@@ -137,21 +110,17 @@ class PlanRun:
     def take_ready(self) -> Task | None:
         """The next task whose inputs exist, removed from pending; None if none is ready."""
         with self._lock:
-            for task in self.pending:
-                if self._ready(task):
-                    self.pending.remove(task)
-                    return task
-        return None
+            return self.graph.take_ready()
 
     def has_ready(self) -> bool:
         with self._lock:
-            return any(self._ready(task) for task in self.pending)
+            return self.graph.has_ready()
 
     def retry(self, task: Task) -> None:
         """Put `task` back at the front of pending (its group failed)."""
         with self._lock:
             if self.active:
-                self.pending.insert(0, task)
+                self.graph.again(task)
 
     def submit(self, task: Task, group: ShardGroup) -> ray.ObjectRef:
         """Start rendering `task` on `group`; the ref resolves to its frames."""
@@ -161,7 +130,7 @@ class PlanRun:
                                          plan.keyframe_guidance)
         request = SegmentRequest(
             prompt=spec.prompt, seed=spec.seed, num_frames=spec.num_frames, width=plan.width, height=plan.height,
-            first=self._frame(spec.first), last=self._frame(spec.last) if spec.last else None,
+            first=self.graph.frame(spec.first), last=self.graph.frame(spec.last) if spec.last else None,
             steps=plan.steps, guidance=plan.guidance,
         )
         return self.transport.track(task.task_id, group.render_segment(request, task.task_id), self._edges[spec.index],
@@ -173,18 +142,20 @@ class PlanRun:
         kind, index = task.kind, task.spec.index
         self.rendered[kind] += 1
         if kind == "keyframe":
-            self._keyframes[index] = result
+            with self._lock:
+                self.graph.done(task, result)
             self.sink.put(kind, index, result)
             return
         edges, body = self.transport.received(task.task_id, result, self._edges[index])
-        self._keep_conditioning(index, edges)
+        with self._lock:
+            self.graph.done(task, edges)
         self.sink.put(kind, index, SegmentOutput(edges, body))
 
     def _lost(self, index: int) -> None:
         """The sink lost segment `index`'s frames (their node died) before its piece was made: render it again."""
         with self._lock:
             if self.active:
-                self.pending.insert(0, Task(self.id, "segment", self.plan.segments[index]))
+                self.graph.again(self.graph.segment_task(index))
 
     def start(self) -> None:
         """Start the sink: it stitches what a resumed job already holds and ends the run if nothing is left."""
@@ -204,7 +175,7 @@ class PlanRun:
             if not self.active or self.error is not None:
                 return
             self.error = error
-            self.pending.clear()
+            self.graph.pending.clear()
         self.sink.abort()
         self.finished.set()
 

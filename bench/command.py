@@ -1,0 +1,77 @@
+"""The whole `minutereel render` command, 1 worker against 2, on a running local cluster: what a user waits for.
+
+    python -m bench.command [--runs 2]
+
+Starts one local Ray cluster (`ray start --head`, as many CPU slots as cores) and runs, against it, the
+command a user types (`minutereel render`, the tiny preset, 60 s, 16 fps, the demo prompt, default mode:
+`chain` for one worker, `bridge` for two), alternating 1 and 2 workers `--runs` times. Each run's wall time
+is the process's, from start to exit; the CLI's own report splits it into start-up (its checks and Ray, then
+the pool: when each start-up phase of the slowest group ended) and render. Baseline: 1 worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from bench.machine import describe_machine
+from bench.minute import DEMO_PROMPT, RESULTS, ROOT
+
+RAY = str(ROOT / ".venv" / "bin" / "ray")
+MINUTEREEL = str(ROOT / ".venv" / "bin" / "minutereel")
+
+
+def _render(workers: int, out: Path, env: dict) -> dict:
+    command = [MINUTEREEL, "render", "--prompt", DEMO_PROMPT, "--duration", "60", "--workers", str(workers),
+               "--out", str(out)]
+    started = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"render failed:\n{done.stderr[-3000:]}")
+    render = float(re.search(r"in ([0-9.]+)s$", done.stdout.strip().splitlines()[-1]).group(1))
+    startup = re.search(r"start-up: ([0-9.]+)s checks and Ray, ([0-9.]+)s pool \((.*)\)", done.stdout)
+    mode = re.search(r"segments \((\w+), ", done.stdout).group(1)
+    return {"workers": workers, "mode": mode, "wall_s": round(wall, 2), "render_s": render,
+            "checks_and_ray_s": float(startup.group(1)), "pool_s": float(startup.group(2)),
+            "pool_phases": startup.group(3), "outside_engine_s": round(wall - render - float(startup.group(1))
+                                                                       - float(startup.group(2)), 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        env["RAY_TMPDIR"] = tmp
+        started = subprocess.run([RAY, "start", "--head", f"--num-cpus={os.cpu_count()}", "--port=0",
+                                  "--include-dashboard=false", "--disable-usage-stats"],
+                                 env=env, check=True, capture_output=True, text=True)
+        try:
+            env["RAY_ADDRESS"] = re.search(r"--address='([^']+)'", started.stdout).group(1)
+            rows = []
+            for run in range(args.runs):
+                for workers in (1, 2):
+                    rows.append({"run": run, **_render(workers, Path(tmp) / f"w{workers}.mp4", env)})
+                    print(json.dumps(rows[-1]))
+        finally:
+            subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True)
+    best = {w: min(r["wall_s"] for r in rows if r["workers"] == w) for w in (1, 2)}
+    speedup = round(best[1] / best[2], 2)
+    print(f"whole command, 60 s tiny video on a running local cluster: 1 worker {best[1]:.1f}s, 2 workers "
+          f"{best[2]:.1f}s: {speedup}x")
+    RESULTS.mkdir(exist_ok=True)
+    record = {"benchmark": "command", "command": f"python -m bench.command --runs {args.runs}",
+              "machine": describe_machine(), "rows": rows, "best_wall_s": best, "speedup": speedup}
+    (RESULTS / "command.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

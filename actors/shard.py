@@ -22,8 +22,8 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.config import ParallelConfig
 from pipeline.config import ModelConfig, SequenceParallelConfig
-from pipeline.generate import SegmentRequest
 from pipeline.parallel import Rendezvous, collective_backend, free_port, init_process_group
+from pipeline.requests import SegmentRequest
 
 logger = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from orchestrator.jobs import Job, JobProgress
 from orchestrator.plan import RenderPlan
 from orchestrator.sink import OutputSink, SegmentOutput
 from orchestrator.transport import LocalFrames
-from pipeline.generate import SegmentRequest
 from pipeline.pieces import PieceFormat
+from pipeline.requests import SegmentRequest
 from pipeline.seams import SeamMeter
 from pipeline.stitch import OverlapStitcher
 

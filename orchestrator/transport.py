@@ -87,7 +87,9 @@ class RayFrames:
 
             cpus = next((n["Resources"].get("CPU", 1) for n in self._ray.nodes() if n["NodeID"] == node), 1)
             actor = self._ray.remote(concurrency_groups={"edges": 1, "encode": max(1, int(cpus))})(PieceWorker)
+            # Named per node: every engine of this driver (tests make many) shares one; it ends with the driver.
             self._workers[node] = actor.options(
+                name=f"minutereel-pieces-{node}", namespace="minutereel", get_if_exists=True,
                 num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
             ).remote()
         return self._workers[node]
@@ -110,10 +112,11 @@ class RayFrames:
 
     def lost(self, err: BaseException) -> bool:
         exceptions = self._ray.exceptions
-        return isinstance(err, exceptions.RayError) and not isinstance(err, exceptions.RayTaskError)
+        lost = isinstance(err, exceptions.RayError) and not isinstance(err, exceptions.RayTaskError)
+        if lost:  # a node (or its PieceWorker) is gone: look the workers up again, a fresh one where needed
+            self._workers.clear()
+        return lost
 
     def shutdown(self) -> None:
-        """Stop the per-node workers."""
-        for worker in self._workers.values():
-            self._ray.kill(worker)
+        """Forget the per-node workers (they end with this driver, or serve its next engine)."""
         self._workers.clear()

@@ -10,7 +10,6 @@ import inspect
 import logging
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,27 +21,12 @@ from pipeline.loras import fuse_loras
 from pipeline.parallel import enable_sequence_parallel
 from pipeline.presets import Preset, load_preset
 from pipeline.quantize import quantize_int8
+from pipeline.requests import SegmentRequest
 from pipeline.schedulers import few_step_scheduler
 
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass(frozen=True)
-class SegmentRequest:
-    """What one segment needs: its prompt, seed, length (frames) and size (pixels), and the frames
-    that condition its first and (optionally) last frame."""
-
-    prompt: str
-    seed: int
-    num_frames: int
-    width: int
-    height: int
-    first: np.ndarray
-    last: np.ndarray | None = None
-    steps: int | None = None
-    guidance: float | None = None
 
 
 def _to_uint8(frames: np.ndarray) -> np.ndarray:

@@ -180,7 +180,7 @@ def test_group_start_times_out_its_placement_then_its_load_and_warmup(ray_cluste
 
 
 def test_pool_start_restarts_a_group_whose_rank_hangs_in_load(ray_cluster, tiny_cache, tmp_path):
-    load_timeout_s = 30.0  # well over the tiny model's initialisation, load and warm-up here
+    load_timeout_s = 12.0  # well over the tiny model's initialisation, load and warm-up here (3-5 s)
     parallel = ParallelConfig(workers=1, group_restarts=1, load_timeout_s=load_timeout_s)
     started = time.monotonic()
     pool = WorkerPool(ModelConfig(cache_dir=tiny_cache), parallel, rank_hanging_in_load(tmp_path / "hung", times=1))

@@ -51,6 +51,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         env["RAY_TMPDIR"] = tmp
+        env["RAY_AUTH_MODE"] = "disabled"  # a private local cluster: no stale ~/.ray token in the way
         started = subprocess.run([RAY, "start", "--head", f"--num-cpus={os.cpu_count()}", "--port=0",
                                   "--include-dashboard=false", "--disable-usage-stats"],
                                  env=env, check=True, capture_output=True, text=True)

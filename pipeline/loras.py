@@ -19,10 +19,12 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from pipeline.presets import LORA_WEIGHT_NAME, LoraSpec
+
+if TYPE_CHECKING:  # torch is imported where it runs: the driver's preflight needs none without LoRAs
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ def lora_file(lora: LoraSpec) -> Path:
 
 def _header_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The file's tensors as meta tensors of their shapes, except scalars (alphas), which are read."""
+    import torch
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -103,6 +106,8 @@ def _diffusers_layers(path: Path, pipeline_cls: type) -> dict[str, dict[str, tor
 def check_lora_fits(path: Path, pipeline_cls: type, transformer: torch.nn.Module, target: str) -> None:
     """LoraUnavailable unless every layer of the LoRA at `path` is a linear layer of `transformer` (a meta
     module is enough) with the LoRA's input and output widths."""
+    import torch
+
     where = f"{type(transformer).__name__} {target}"
     for name, shapes in _diffusers_layers(path, pipeline_cls).items():
         try:
@@ -139,6 +144,7 @@ def _transformer_config(i2v_checkpoint: str, target: str) -> dict | None:
 def meta_transformer(config: dict) -> torch.nn.Module:
     """The transformer a config.json describes, on the meta device (no memory, no weights)."""
     import diffusers
+    import torch
 
     cls = getattr(diffusers, config["_class_name"])
     with torch.device("meta"):
@@ -162,6 +168,8 @@ def _pipeline_class(name: str) -> type:
 def check_loras(loras: tuple[LoraSpec, ...], pipeline_name: str, i2v_checkpoint: str) -> None:
     """LoraUnavailable (one line naming the file) for the first LoRA that is missing, unreadable or does not fit
     the transformer it targets in `i2v_checkpoint` (a local directory or a cached hub id)."""
+    if not loras:
+        return
     pipeline_cls = _pipeline_class(pipeline_name)
     transformers: dict[str, torch.nn.Module | None] = {}
     for lora in loras:

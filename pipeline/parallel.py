@@ -17,10 +17,12 @@ import logging
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
-
-import torch
+from typing import TYPE_CHECKING
 
 from pipeline.config import SequenceParallelConfig
+
+if TYPE_CHECKING:  # torch is imported where it runs: the driver imports this module and needs no torch
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,8 @@ def collective_backend(device: str) -> str:
 
 def init_process_group(rendezvous: Rendezvous, rank: int, world_size: int, device: str, timeout_s: float) -> None:
     """Join the group's torch.distributed process group; collectives time out after `timeout_s` seconds."""
+    import torch
+
     torch.distributed.init_process_group(
         backend=collective_backend(device), init_method=rendezvous.init_method, rank=rank, world_size=world_size,
         timeout=timedelta(seconds=timeout_s),
@@ -58,6 +62,8 @@ def init_process_group(rendezvous: Rendezvous, rank: int, world_size: int, devic
 
 @contextlib.contextmanager
 def _cpu_accelerator_shim():
+    import torch
+
     if torch.accelerator.device_count() > 0:
         yield
         return
@@ -110,6 +116,8 @@ def probe_transformer(transformer: torch.nn.Module, seed: int, latent_frames: in
                       latent_width: int, text_tokens: int = 16) -> torch.Tensor:
     """One forward pass of a Wan-style transformer on seeded random inputs (latent units), the
     same on every rank. Lets tests and benchmarks compare sequence-parallel degrees directly."""
+    import torch
+
     config = transformer.config
     generator = torch.Generator().manual_seed(seed)
     device = next(transformer.parameters()).device

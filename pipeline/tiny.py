@@ -31,8 +31,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
-
 from pipeline.presets import TINY_VERSION  # bump it there when the weights or the architecture below change
 
 logger = logging.getLogger(__name__)
@@ -75,6 +73,7 @@ def _vae():
     `num_res_blocks=-1` leaves the decoder's up blocks without residual blocks, which a linear decoder does
     not need and which would otherwise run 3x3x3 convolutions at full resolution.
     """
+    import torch
     from diffusers import AutoencoderKLWan
 
     vae = AutoencoderKLWan(
@@ -158,6 +157,7 @@ def scheduler():
 def build_tiny_pipelines():
     """The tiny I2V and T2I pipelines in memory, untrained (seeded), with the hand-set VAE: what
     `pipeline.train_tiny` starts from."""
+    import torch
     from diffusers import WanImageToVideoPipeline, WanPipeline
     from transformers import ByT5Tokenizer
 

@@ -3,7 +3,8 @@ Serve app, against the old lock behaviour.
 
     python -m bench.http_latency
 
-Starts a local Ray cluster and the real Serve app (orchestrator.serve, tiny preset, 2 workers), submits a 4 s
+Starts a local Ray cluster and the real Serve app (orchestrator.serve, the tiny preset with its 65536-pixel API
+cap lifted, 2 workers), submits a 4 s
 1280x704 video (the tiny preset's nearest size to 720p: a multiple of 32) and asks, in a loop, for
 the video every POLL_S seconds over HTTP, recording each answer's time and the job's state. Baseline: the old
 behaviour, in which saving, stitching and encoding held the dispatcher lock every status call takes; it is not
@@ -14,6 +15,7 @@ no HTTP hop: a lower bound on what HTTP would have answered), in the same run.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import tempfile
 import time
@@ -29,7 +31,8 @@ from bench.machine import describe_machine
 from pipeline.config import default_cache_dir
 from pipeline.testsrc import moving_pattern
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
 SIZE, SECONDS, POLL_S = "1280x704", 4, 0.01
 
 
@@ -48,16 +51,24 @@ def _summary(latencies: list[float]) -> dict:
 def measure_http(jobs: Path) -> dict:
     from orchestrator.serve import build_app
 
+    # The tiny preset caps the API's sizes at 65536 pixels; a copy of it without the cap renders 1280x704.
+    preset = jobs.parent / "tiny-720.yaml"
+    text = (ROOT / "configs" / "presets" / "tiny.yaml").read_text()
+    preset.write_text(re.sub(r"(?m)^max_area:.*$", "max_area: 901120", text))
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
+    model = {"cache_dir": str(default_cache_dir()), "preset": str(preset)}
     serve.run(build_app({"jobs_root": str(jobs), "runner_name": "bench-runner", "parallel": {"workers": 2},
-                         "model": {"cache_dir": str(default_cache_dir())}}), name="minutereel", route_prefix="/")
+                         "model": model}), name="minutereel", route_prefix="/")
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
     try:
         while client.get("/healthz").status_code != 200:
             time.sleep(0.5)
-        video = client.post("/v1/videos", json={"prompt": "a big yellow ball moving right on a blue background",
-                                                "seconds": SECONDS, "size": SIZE}).json()
+        created = client.post("/v1/videos", json={"prompt": "a big yellow ball moving right on a blue background",
+                                                  "seconds": SECONDS, "size": SIZE, "mode": "keyframes",
+                                                  "model": str(preset)})
+        assert created.status_code == 200, created.text
+        video = created.json()
         samples = []  # (seconds, job state)
         started = time.perf_counter()
         while True:

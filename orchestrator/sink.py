@@ -209,6 +209,8 @@ class OutputSink:
             logger.exception("output of a %d-frame run failed", self.plan.total_frames)
             self._remove_partial()
             self._on_end(err)
+        finally:  # the lead encoder's thread ends with the run (a server runs many)
+            self._local.shutdown(wait=False, cancel_futures=True)
 
     def _handle(self, kind: str, index: int, item) -> None:
         if kind == "start":

@@ -176,6 +176,7 @@ class PlanRun:
                 return
             self.error = error
             self.graph.pending.clear()
+        self.transport.forget_run(self.id)
         self.sink.abort()
         self.finished.set()
 

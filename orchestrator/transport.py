@@ -31,8 +31,8 @@ class LocalFrames:
         """The edges and the body handle of a finished segment, from what the waited-on ref gave."""
         return {i: np.array(result[i]) for i in indices}, result
 
-    def forget(self, task_id: str) -> None:
-        """Drop what `track` kept for a task that failed."""
+    def forget_run(self, run_id: int) -> None:
+        """Drop what `track` kept for the tasks of run `run_id`, which ended before they came back."""
 
     def encode(self, fmt: PieceFormat, start: int, lead: np.ndarray, body: Any, lo: int, hi: int,
                lut: np.ndarray | None) -> Future:
@@ -102,8 +102,10 @@ class RayFrames:
     def received(self, task_id: str, result: dict[int, np.ndarray], indices: list[int]) -> tuple[dict, Any]:
         return result, self._bodies.pop(task_id)
 
-    def forget(self, task_id: str) -> None:
-        self._bodies.pop(task_id, None)
+    def forget_run(self, run_id: int) -> None:
+        # Shared by every run of an engine: a cancelled or failed run's frames must not stay pinned.
+        for task_id in [t for t in self._bodies if t.startswith(f"{run_id}:")]:
+            del self._bodies[task_id]
 
     def encode(self, fmt: PieceFormat, start: int, lead: np.ndarray, body: RayBody, lo: int, hi: int,
                lut: np.ndarray | None) -> Future:

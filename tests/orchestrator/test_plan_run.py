@@ -129,3 +129,25 @@ def test_a_body_lost_before_its_piece_is_rendered_again_and_the_video_is_unchang
     run.complete(again, _frames(again.spec))
     assert run.finished.wait(30) and run.error is None
     np.testing.assert_array_equal(read_video(tmp_path / "lost.mkv")[0], _whole_segment_video(plan, False))
+
+
+def test_a_failed_run_leaves_nothing_pinned_in_its_transport(tmp_path):
+    class Keeping(LocalFrames):
+        def __init__(self):
+            super().__init__()
+            self.kept = {}
+
+        def track(self, task_id, ref, indices, group=None):
+            self.kept[task_id] = ref
+            return ref
+
+        def forget_run(self, run_id):
+            self.kept = {t: r for t, r in self.kept.items() if not t.startswith(f"{run_id}:")}
+
+    run, plan, _ = _run(tmp_path, "failed", False)
+    run.transport = Keeping()
+    task = run.take_ready()
+    run.submit(task, type("Group", (), {"render_segment": lambda self, request, task_id: "frames"})())
+    assert list(run.transport.kept) == [task.task_id]
+    run.fail(RuntimeError("cancelled"))
+    assert run.transport.kept == {}

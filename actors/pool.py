@@ -93,9 +93,14 @@ class WorkerPool:
     Start-up tolerates a rank dying in any phase: such a group is shut down and started again, up to
     `parallel.group_restarts` times in a row, like a group that breaks while rendering. `groups` holds the
     live groups only (the dispatcher removes one while it is rebuilt and puts it back when ready).
+
+    `ready`: return once that many groups are ready (None: all of them). The groups still on their way up are
+    left in `starting`, for the dispatcher to adopt: they join as they become ready (scheduler.Recovery), so
+    rendering starts on the first group and one slow node (a cold disk, a long load) holds up nobody.
     """
 
-    def __init__(self, model: ModelConfig, parallel: ParallelConfig, rank_class: type[ShardRank] = ShardRank):
+    def __init__(self, model: ModelConfig, parallel: ParallelConfig, rank_class: type[ShardRank] = ShardRank,
+                 ready: int | None = None):
         self.model, self.parallel, self.rank_class = model, parallel, rank_class
         self.use_gpu, fit = cluster_devices(parallel)
         self.size = parallel.workers or max(1, fit)
@@ -109,14 +114,16 @@ class WorkerPool:
         self.startup: dict = {}  # when each start-up phase of the last group to be ready ended (s from its start)
         self.groups: list[ShardGroup] = []
         self._created: list[ShardGroup] = []  # every group made, so shutdown also stops those still starting
+        self.starting: list[GroupStart] = []  # begun and not ready yet, when `ready` < size
         starts = [self.begin_start(i) for i in range(self.size)]
         try:
-            self.groups = self._await(starts)
+            self.groups = self._await(starts, min(ready or self.size, self.size))
         except BaseException:
             for start in starts:  # free the devices of every group, started or not
                 start.group.shutdown()
             raise
-        logger.info("pool of %d group(s) ready in %.1fs", len(self.groups), time.perf_counter() - started)
+        logger.info("pool: %d of %d group(s) ready in %.1fs", len(self.groups), self.size,
+                    time.perf_counter() - started)
 
     def begin_start(self, group_id: int, attempt: int = 1) -> GroupStart:
         """Create group `group_id` and start its phases; nothing waits (poll the returned GroupStart)."""
@@ -136,11 +143,12 @@ class WorkerPool:
                        start.group.group_id, start.attempt, last_line(err))
         return self.begin_start(start.group.group_id, start.attempt + 1)
 
-    def _await(self, starts: list[GroupStart]) -> list[ShardGroup]:
-        """Wait until every start is ready or out of attempts; the ready groups in slot order. A placement
-        group that cannot be had is a RuntimeError at once (the cluster lacks the room; check `ray status`);
-        a group that dies, fails or hangs past `load_timeout_s` in a later phase is started again; no group at
-        all is a RuntimeError naming each slot's last failure."""
+    def _await(self, starts: list[GroupStart], until: int | None = None) -> list[ShardGroup]:
+        """Wait until every start is ready or out of attempts, or until `until` groups are ready (the starts
+        still going are left in `self.starting`); the ready groups in slot order. A placement group that cannot
+        be had is a RuntimeError at once (the cluster lacks the room; check `ray status`); a group that dies,
+        fails or hangs past `load_timeout_s` in a later phase is started again; no group at all is a
+        RuntimeError naming each slot's last failure."""
         live, failures, waiting = [], {}, {ref: s for s in starts for ref in s.refs}
 
         def failed(start: GroupStart, err: Exception) -> None:
@@ -151,7 +159,7 @@ class WorkerPool:
                 starts.append(fresh)  # the caller shuts down every start if this raises
                 waiting.update((r, fresh) for r in fresh.refs)
 
-        while waiting:
+        while waiting and (until is None or len(live) < until):
             now = time.monotonic()
             for start in {id(s): s for s in waiting.values()}.values():
                 if (err := start.overdue(now)) is not None:
@@ -175,6 +183,7 @@ class WorkerPool:
         if not live:
             raise RuntimeError("no shard group could start: " + "; ".join(
                 f"group {i}: {cause}" for i, cause in sorted(failures.items())))
+        self.starting = list({id(s): s for s in waiting.values()}.values())
         return sorted(live, key=lambda g: g.group_id)
 
     def rebuild(self, group: ShardGroup) -> ShardGroup:

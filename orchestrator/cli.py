@@ -171,8 +171,10 @@ def _render(args: argparse.Namespace) -> int:
     _print_seams(result.seams)
     startup = engine.startup
     phases = ", ".join(f"{name} by {t:.1f}" for name, t in startup["pool_phases_s"].items() if name != "group")
+    ready, groups = startup["groups_ready"], startup["groups"]
+    joined = f"; rendering began with {ready} of {groups} groups ready" if ready < groups else ""
     print(f"start-up: {startup['preflight_and_ray_s']:.1f}s checks and Ray, {startup['pool_s']:.1f}s pool "
-          f"({phases})")
+          f"({phases}{joined})")
     print(f"wrote {result.path}: {plan.total_frames} frames, {plan.width}x{plan.height} at {plan.fps} fps, "
           f"{len(plan.segments)} segments ({plan.mode}, {engine.pool.size} worker(s)) in {result.seconds:.1f}s")
     return 0

@@ -79,13 +79,16 @@ class RenderEngine:
         preflight(config)
         connect_ray(config.ray_address)
         connected = time.perf_counter()
-        self.pool = WorkerPool(config.model, config.parallel, rank_class)
+        # Rendering starts once the first group is ready; the others join as they come (Dispatcher, Recovery).
+        self.pool = WorkerPool(config.model, config.parallel, rank_class, ready=1)
         self.frames = RayFrames()  # where every run's segments stay and their pieces are encoded
         self.frames.prepare(self.pool.groups)
         self.dispatcher = Dispatcher(self.pool)
-        # Where start-up went (s): checks and Ray, then the pool (its slowest group's phases, from its start).
+        self.dispatcher.on_group_ready = lambda group: self.frames.prepare([group])
+        # Where start-up went (s): checks and Ray, then the pool (the first ready group's phases, from its start).
         self.startup = {"preflight_and_ray_s": round(connected - started, 2),
-                        "pool_s": round(time.perf_counter() - connected, 2), "pool_phases_s": self.pool.startup}
+                        "pool_s": round(time.perf_counter() - connected, 2), "pool_phases_s": self.pool.startup,
+                        "groups_ready": len(self.pool.groups), "groups": self.pool.size}
 
     def resolve(self, request: RenderRequest) -> RenderRequest:
         """The request with engine defaults filled in (mode from the pool size, the engine's LoRAs)."""

@@ -206,12 +206,14 @@ class Recovery:
     A rebuild is a GroupStart whose refs join the dispatcher's wait set (`refs`); the group rejoins the pool
     when all of them resolve (`settle` returns it). A start that fails (a rank died, the load raised, no
     placement within `placement_timeout_s`) is started again up to `parallel.group_restarts` times in a row;
-    after that the slot is given up and `lost` says why.
+    after that the slot is given up and `lost` says why. A group the pool was still starting when it returned
+    (`WorkerPool.starting`) is adopted the same way and joins when ready.
     """
 
     def __init__(self, pool: WorkerPool, clock: Callable[[], float] = time.monotonic):
         self.pool, self.clock = pool, clock
         self._starts: dict = {}  # ref -> the GroupStart it belongs to
+        self._joining: set[int] = set()  # slots on their first start (adopted), not a rebuild
         self.lost: dict[int, str] = {}
 
     @property
@@ -227,6 +229,11 @@ class Recovery:
         starts = {id(s): s for s in self._starts.values()}.values()
         deadlines = [d for s in starts if (d := s.deadline) is not None]
         return min(deadlines) if deadlines else None
+
+    def adopt(self, start) -> None:
+        """Follow a first start the pool left running (`WorkerPool.starting`); its group joins when ready."""
+        self._joining.add(start.group.group_id)
+        self._track(start)
 
     def rebuild(self, group: ShardGroup, cause: str) -> None:
         """Take broken `group` out of the pool, shut it down and start a fresh one in its slot (returns at once)."""
@@ -246,7 +253,11 @@ class Recovery:
             self._failed(start, err)
             return None
         self.pool.groups.append(start.group)
-        logger.warning("rebuilt shard group %d", start.group.group_id)
+        if start.group.group_id in self._joining:
+            self._joining.discard(start.group.group_id)
+            logger.info("shard group %d ready: it joins the pool", start.group.group_id)
+        else:
+            logger.warning("rebuilt shard group %d", start.group.group_id)
         return start.group
 
     def expire(self, now: float) -> None:
@@ -264,8 +275,11 @@ class Recovery:
             self._starts.pop(ref, None)
         fresh = self.pool.restart(start, err)
         if fresh is None:
-            self.lost[start.group.group_id] = (f"shard group {start.group.group_id} could not be rebuilt in "
-                                               f"{start.attempt} attempt(s): {last_line(err)}")
+            slot = start.group.group_id
+            verb = "started" if slot in self._joining else "rebuilt"
+            self._joining.discard(slot)
+            self.lost[slot] = (f"shard group {slot} could not be {verb} in {start.attempt} attempt(s): "
+                               f"{last_line(err)}")
         else:
             self._track(fresh)
 
@@ -280,6 +294,9 @@ class Dispatcher:
                  clock: Callable[[], float] = time.monotonic):
         self.pool, self.futures, self.clock = pool, futures, clock
         self.recovery = Recovery(pool, clock)
+        for start in pool.starting:  # groups still starting join when ready; the ready ones render meanwhile
+            self.recovery.adopt(start)
+        pool.starting = []
         self.runs: list[PlanRun] = []
         self._idle: list[ShardGroup] = list(pool.groups)
         self._running: dict[ray.ObjectRef, tuple[ShardGroup, PlanRun, Task]] = {}
@@ -289,6 +306,8 @@ class Dispatcher:
         self._turn = 0
         # Called with each task whose frames came back and its wall time in seconds (the runner's metrics).
         self.on_task_done: Callable[[Task, float], None] = lambda task, seconds: None
+        # Called with each group that joins the pool (started late, or rebuilt), before it takes a task.
+        self.on_group_ready: Callable[[ShardGroup], None] = lambda group: None
 
     def add(self, run: PlanRun) -> None:
         with self._lock:
@@ -319,7 +338,7 @@ class Dispatcher:
         with self._lock:
             self.runs = [run for run in self.runs if run.active]
             self._assign()
-            waiting = [*self._running, *self.recovery.refs]
+            waiting = [*self.recovery.refs, *self._running]  # a group that is ready joins before the next task
             deadlines = list(self._deadlines.values())
             if (rebuild_deadline := self.recovery.deadline()) is not None:
                 deadlines.append(rebuild_deadline)
@@ -352,7 +371,9 @@ class Dispatcher:
     def _rejoin(self, ref) -> None:
         with self._lock:
             group = self.recovery.settle(ref)
-            if group is not None:
+        if group is not None:
+            self.on_group_ready(group)
+            with self._lock:
                 self._idle.append(group)
 
     def _expire(self) -> None:

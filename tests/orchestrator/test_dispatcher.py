@@ -121,11 +121,15 @@ class FakeStart(GroupStart):
 class FakePool(WorkerPool):
     """WorkerPool's restart policy over fake groups; `starts[slot]` lists how that slot's next starts end."""
 
-    def __init__(self, workers: int, clock: Clock, futures: Futures, **parallel):
+    def __init__(self, workers: int, clock: Clock, futures: Futures, starting: dict[int, str] | None = None,
+                 **parallel):
+        """`starting`: slots still on their way up when the pool returns (WorkerPool(ready=...)), by how their
+        start goes; the other slots are ready."""
         self.parallel = ParallelConfig(workers=workers, **{"placement_timeout_s": 10.0, **parallel})
         self.clock, self.futures, self.size = clock, futures, workers
-        self.starts: dict[int, list[str]] = {}
-        self.groups = [FakeGroup(i, futures, "ready") for i in range(workers)]
+        self.starts: dict[int, list[str]] = {slot: [outcome] for slot, outcome in (starting or {}).items()}
+        self.groups = [FakeGroup(i, futures, "ready") for i in range(workers) if i not in (starting or {})]
+        self.starting = [self.begin_start(slot) for slot in sorted(starting or {})]
 
     def begin_start(self, group_id: int, attempt: int = 1) -> GroupStart:
         outcome = (self.starts.get(group_id) or ["ready"]).pop(0)
@@ -133,10 +137,10 @@ class FakePool(WorkerPool):
                          self.parallel.load_timeout_s, self.clock)
 
 
-def _setup(workers: int, **parallel):
+def _setup(workers: int, starting: dict[int, str] | None = None, **parallel):
     clock = Clock()
     futures = Futures(clock)
-    pool = FakePool(workers, clock, futures, **parallel)
+    pool = FakePool(workers, clock, futures, starting, **parallel)
     return clock, pool, Dispatcher(pool, futures=futures, clock=clock)
 
 
@@ -166,6 +170,31 @@ def test_idle_groups_take_ready_tasks_in_turn_and_the_run_finishes():
     _steps(dispatcher, lambda: not run.active)
     assert run.error is None and run.progress.frames_written == run.plan.total_frames and run.sink.out.exists()
     assert all(group.submitted for group in pool.groups)  # both groups rendered
+
+
+def test_rendering_starts_on_the_first_ready_group_and_a_late_one_joins_when_ready():
+    _clock, pool, dispatcher = _setup(2, starting={1: "unplaced"}, placement_timeout_s=1e6)
+    joined = []
+    dispatcher.on_group_ready = joined.append
+    (late,) = {id(s): s for s in dispatcher.recovery._starts.values()}.values()
+    run = _run(dispatcher)
+    _steps(dispatcher, lambda: run.progress.segments_done >= 2)  # rendered on group 0 alone meanwhile
+    assert [g.group_id for g in pool.groups] == [0] and not late.group.submitted and joined == []
+    dispatcher.futures.values.update({ref: None for ref in late.refs})  # its placement came; it loads
+    _steps(dispatcher, lambda: not run.active)
+    assert run.error is None and run.progress.frames_written == run.plan.total_frames
+    assert joined == [late.group] and late.group.submitted  # it joined and took tasks of the same run
+    assert sorted(g.group_id for g in pool.groups) == [0, 1] and dispatcher.recovery.rebuilding == 0
+
+
+def test_a_late_group_that_never_starts_is_given_up_while_the_ready_one_renders():
+    _clock, pool, dispatcher = _setup(2, starting={1: "dies"}, group_restarts=1)
+    pool.starts[1] = ["dies"]  # its one restart dies too
+    run = _run(dispatcher)
+    _steps(dispatcher, lambda: not run.active)
+    assert run.error is None and run.progress.frames_written == run.plan.total_frames
+    assert [g.group_id for g in pool.groups] == [0]
+    assert dispatcher.recovery.lost[1].startswith("shard group 1 could not be started in 2 attempt(s)")
 
 
 def test_a_broken_group_is_rebuilt_asynchronously_while_the_other_finishes_the_run():

@@ -70,8 +70,10 @@ def preflight(config: EngineConfig) -> None:
 class RenderEngine:
     """Holds a started WorkerPool for one preset; `render` runs requests on it."""
 
-    def __init__(self, config: EngineConfig, rank_class: type[ShardRank] = ShardRank):
-        """`rank_class`: the pool's ShardRank class (a subclass injects faults in tests)."""
+    def __init__(self, config: EngineConfig, rank_class: type[ShardRank] = ShardRank,
+                 frames: RayFrames | None = None):
+        """`rank_class`: the pool's ShardRank class, `frames`: where segments stay and pieces are encoded (default
+        RayFrames(); subclasses inject faults in tests)."""
         self.config = config
         self.preset = load_preset(config.model.preset)
         self.weights = weights_id(self.preset, config.model.quantize, config.model.loras)
@@ -81,7 +83,7 @@ class RenderEngine:
         connected = time.perf_counter()
         # Rendering starts once the first group is ready; the others join as they come (Dispatcher, Recovery).
         self.pool = WorkerPool(config.model, config.parallel, rank_class, ready=1)
-        self.frames = RayFrames()  # where every run's segments stay and their pieces are encoded
+        self.frames = frames or RayFrames()  # where every run's segments stay and their pieces are encoded
         self.frames.prepare(self.pool.groups)
         self.dispatcher = Dispatcher(self.pool)
         self.dispatcher.on_group_ready = lambda group: self.frames.prepare([group])
@@ -187,6 +189,19 @@ class RenderEngine:
             job.end(None, progress)
         return RenderResult(Path(out), run.plan, progress, time.perf_counter() - started, run.seams.report(),
                             dict(run.rendered))
+
+    def wait_for_pool(self, timeout_s: float = 120.0) -> int:
+        """Wait until every group still starting (or being rebuilt) has joined or been given up, stepping the
+        dispatcher as a render would; the live groups. For callers that want the whole pool before they go on
+        (diagnostics, tests); a render does not wait: it starts on the first ready group. Not while a JobRunner
+        drives this engine's dispatcher (it steps it on its own thread)."""
+        deadline = time.monotonic() + timeout_s
+        while self.dispatcher.recovery.refs:
+            if time.monotonic() > deadline:
+                starting = self.dispatcher.recovery.rebuilding
+                raise TimeoutError(f"{starting} group(s) still starting after {timeout_s:g}s")
+            self.dispatcher.step(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+        return len(self.pool.groups)
 
     def shutdown(self) -> None:
         self.frames.shutdown()

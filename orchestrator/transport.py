@@ -67,12 +67,14 @@ class RayBody:
 
 
 class RayFrames:
-    """Frames stay on the node that rendered them; see the module docstring."""
+    """Frames stay on the node that rendered them; see the module docstring. `worker_class`: the per-node actor's
+    class (a subclass injects faults in tests)."""
 
-    def __init__(self):
+    def __init__(self, worker_class: type[PieceWorker] = PieceWorker):
         import ray
 
         self._ray = ray
+        self._worker_class = worker_class
         self._bodies: dict[str, RayBody] = {}
         self._workers: dict[str, Any] = {}  # node id -> its PieceWorker
 
@@ -86,10 +88,10 @@ class RayFrames:
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
             cpus = next((n["Resources"].get("CPU", 1) for n in self._ray.nodes() if n["NodeID"] == node), 1)
-            actor = self._ray.remote(concurrency_groups={"edges": 1, "encode": max(1, int(cpus))})(PieceWorker)
+            actor = self._ray.remote(concurrency_groups={"edges": 1, "encode": max(1, int(cpus))})(self._worker_class)
             # Named per node: every engine of this driver (tests make many) shares one; it ends with the driver.
             self._workers[node] = actor.options(
-                name=f"minutereel-pieces-{node}", namespace="minutereel", get_if_exists=True,
+                name=f"minutereel-{self._worker_class.__name__}-{node}", namespace="minutereel", get_if_exists=True,
                 num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
             ).remote()
         return self._workers[node]

@@ -112,11 +112,7 @@ def test_render_survives_a_worker_killed_while_the_pool_loads_and_while_it_stitc
         # The pool returned with the group that loaded; the one whose rank died starts again meanwhile and joins.
         assert len(deaths(marker)) == 1 and engine.startup["groups_ready"] == 1 and len(engine.pool.groups) == 1
         survived = read_video(engine.render(request, tmp_path / "survived.mp4").path)[0]
-        deadline = time.monotonic() + 60
-        while engine.dispatcher.recovery.refs:
-            assert time.monotonic() < deadline, "the restarted group never joined"
-            engine.dispatcher.step()
-        assert len(engine.pool.groups) == 2
+        assert engine.wait_for_pool(60) == 2
         victim, killed = ray.get(engine.pool.groups[0].call("health")[0]).pid, []
 
         def kill_once_stitching(progress):  # every segment is rendered: only the sink has work left

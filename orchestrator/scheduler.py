@@ -62,16 +62,16 @@ class PlanRun:
         self._lock = threading.Lock()  # the graph and the end of the run, shared with the sink's thread
         self.attempts: dict[str, int] = {}
         self.transport = transport if transport is not None else LocalFrames()
-        self.graph, saved_segments = self._resume()
+        self.graph, saved_segments, saved_edges = self._resume()
         self.sink = OutputSink(plan, fmt, out, stitcher, self.transport, job, self.progress, saved_segments,
-                               on_progress, on_stitching, self._sink_ended, self._lost, prefix)
+                               on_progress, on_stitching, self._sink_ended, self._lost, prefix, saved_edges)
         self._edges = {layout.index: layout.edges for layout in self.sink.layouts}
 
     # -- state ---------------------------------------------------------------------------------
 
-    def _resume(self) -> tuple[TaskGraph, set[int]]:
-        """The task graph after loading user images and whatever the job directory already holds, and the
-        saved segments."""
+    def _resume(self) -> tuple[TaskGraph, set[int], dict[int, dict[int, np.ndarray]]]:
+        """The task graph after loading user images and whatever the job directory already holds, the saved
+        segments and the saved edges (the sink joins from the same, not read again)."""
         keyframes = {}
         saved_keyframes = self.job.saved("keyframes") if self.job else set()
         for spec in self.plan.keyframes:
@@ -84,7 +84,7 @@ class PlanRun:
         self.progress.segments_done += len(saved_segments)
         # What other segments need, even from a segment whose piece is missing (it renders again).
         edges = {index: self.job.load_edges(index) for index in (self.job.saved("edges") if self.job else ())}
-        return TaskGraph(self.plan, self.id, keyframes, saved_segments, edges), saved_segments
+        return TaskGraph(self.plan, self.id, keyframes, saved_segments, edges), saved_segments, edges
 
     @property
     def pending(self) -> list[Task]:

@@ -126,13 +126,15 @@ class OutputSink:
     `progress` is the run's: the sink alone advances its done counts after start. `on_end(error)` is called on the
     sink's thread once the video is complete (error None) or the sink failed (an encoder or disk error); after
     `abort` it is not called. `on_lost(index)` asks the run to render segment `index` again. `prefix`: frames
-    (batches) that open the video before the plan's own (a continued video)."""
+    (batches) that open the video before the plan's own (a continued video). `saved_edges`: the edges a resumed
+    job holds, by segment, as the run loaded them (read once, for the task graph and the joins)."""
 
     def __init__(self, plan: RenderPlan, fmt: PieceFormat, out: Path, stitcher: OverlapStitcher, transport,
                  job: Job | None, progress: JobProgress, saved_segments: set[int],
                  on_progress: Callable[[JobProgress], None], on_stitching: Callable[[], None],
                  on_end: Callable[[BaseException | None], None], on_lost: Callable[[int], None],
-                 prefix: Callable[[], Iterable[np.ndarray]] | None = None):
+                 prefix: Callable[[], Iterable[np.ndarray]] | None = None,
+                 saved_edges: dict[int, dict[int, np.ndarray]] | None = None):
         self.plan, self.fmt, self.out, self.job, self.progress = plan, fmt, Path(out), job, progress
         self.stitcher, self.transport = stitcher, transport
         self.layouts = piece_layouts(plan)
@@ -141,7 +143,7 @@ class OutputSink:
         self._on_progress, self._on_stitching, self._on_end, self._on_lost = on_progress, on_stitching, on_end, on_lost
         self.pieces_dir = job.pieces if job else self.out.with_name(self.out.name + ".pieces")
         self._saved = set(saved_segments)  # pieces a resumed job holds
-        self._saved_edges = job.saved("edges") if job else set()
+        self._saved_edges = dict(saved_edges or {})  # edges a resumed job holds, as the run loaded them
         self._counted = set(saved_segments)  # segments counted in progress.segments_done
         self._edges: dict[int, dict[int, np.ndarray]] = {}
         self._bodies: dict[int, Any] = {}
@@ -262,8 +264,8 @@ class OutputSink:
         while self._next_join < len(self.layouts):
             index = self._next_join
             edges = self._edges.pop(index, None)
-            if edges is None and index in self._saved_edges:
-                edges = self.job.load_edges(index)
+            if edges is None:
+                edges = self._saved_edges.pop(index, None)
             if edges is None:
                 return
             layout = self.layouts[index]

@@ -54,21 +54,27 @@ def _entry(raw: dict[str, Any]) -> tuple[str, RenderRequest]:
 
 
 def run_batch(spec: BatchSpec) -> list[dict]:
-    """Render every entry; returns one summary row per entry."""
+    """Render every entry; returns one summary row per entry. The entries are checked first: when every one
+    is finished (or refused), no Ray connection or worker pool is started."""
     from orchestrator.engine import connect_ray
     from orchestrator.runner import JobRunner
 
-    connect_ray(spec.engine.ray_address)
     store = JobStore(spec.jobs_root)
-    rows: dict[str, dict] = {}
     started = time.perf_counter()
-    runner = JobRunner(spec.engine, str(spec.jobs_root), max_active_jobs=len(spec.renders))
-    try:
-        for raw in spec.renders:
-            rows.update(_start_entry(runner, store, raw))
-        _wait(runner, [r["id"] for r in rows.values() if r["state"] not in TERMINAL])
-    finally:
-        runner.shutdown()
+    checked = [_check_entry(store, raw) for raw in spec.renders]
+    rows: dict[str, dict] = {row["id"]: row for row, _, _ in checked}
+    work = [(row, action, request) for row, action, request in checked if action is not None]
+    if work:
+        connect_ray(spec.engine.ray_address)
+        runner = JobRunner(spec.engine, str(spec.jobs_root), max_active_jobs=len(work))
+        try:
+            for row, action, request in work:
+                _start_entry(runner, row, action, request)
+            _wait(runner, [r["id"] for r in rows.values() if r["state"] not in TERMINAL])
+        finally:
+            runner.shutdown()
+    else:
+        print("nothing to render: every entry is finished or refused (no worker pool started)")
     for entry_id, row in rows.items():
         if row["action"] != "skipped" and store.exists(entry_id):
             state = store.open(entry_id).state()
@@ -77,27 +83,41 @@ def run_batch(spec: BatchSpec) -> list[dict]:
     return list(rows.values())
 
 
-def _start_entry(runner, store: JobStore, raw: dict[str, Any]) -> dict[str, dict]:
+def _check_entry(store: JobStore, raw: dict[str, Any]) -> tuple[dict, str | None, RenderRequest | None]:
+    """(its summary row, what it needs: "render", "resume" or None, its request) for one entry of the spec."""
     entry_id = str(raw.get("id", "?"))
     row = {"id": entry_id, "action": "failed", "state": "failed", "frames": 0, "error": None}
     try:
         entry_id, request = _entry(raw)
         row["id"] = entry_id
         if not store.exists(entry_id):
-            runner.submit(request, job_id=entry_id)
-            row.update(action="rendered", state="rendering")
-            return {entry_id: row}
+            return row, "render", request
         job = store.open(entry_id)
         job.resume_request(request, f"Give entry {entry_id!r} a new id to render it as a new job.")
         state = job.state()
         if state.state == "done" and job.output.exists():
             row.update(action="skipped", state="done", frames=state.progress.frames_written)
+            return row, None, request
+        return row, "resume", request
+    except (ValueError, ValidationError) as err:
+        row["error"] = _first_line(err)
+    return row, None, None
+
+
+def _start_entry(runner, row: dict, action: str, request: RenderRequest) -> None:
+    try:
+        if action == "render":
+            runner.submit(request, job_id=row["id"])
+            row.update(action="rendered", state="rendering")
         else:
-            runner.resume(entry_id)
+            runner.resume(row["id"])
             row.update(action="resumed", state="rendering")
     except (ValueError, ValidationError) as err:
-        row["error"] = str(err).splitlines()[0] if isinstance(err, ValidationError) else str(err)
-    return {row["id"]: row}
+        row["error"] = _first_line(err)
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).splitlines()[0] if isinstance(err, ValidationError) else str(err)
 
 
 def _wait(runner, job_ids: list[str], poll_s: float = 0.5) -> None:

@@ -46,6 +46,7 @@ def test_ray_job_submit_renders_every_entry_then_skips_them(ray_cluster, tiny_ca
     second = _submit(spec)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert second.stdout.count("skipped") == 2 and "2 done, 0 failed" in second.stdout
+    assert "no worker pool started" in second.stdout  # a finished batch claims no devices
     assert {p: p.stat().st_mtime_ns for p in jobs.rglob("*.npy")} == made  # nothing rendered again
 
 

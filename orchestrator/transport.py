@@ -51,7 +51,8 @@ class PieceWorker:
     a chain waits on them, never behind an encode."""
 
     def edges(self, frames: np.ndarray, indices: list[int]) -> dict[int, np.ndarray]:
-        return {i: np.array(frames[i]) for i in indices}
+        # Views: returning them copies each frame once, into the object store (a copy here would be a second).
+        return {i: frames[i] for i in indices}
 
     def encode(self, fmt: PieceFormat, start: int, lead: np.ndarray, frames: np.ndarray, lo: int, hi: int,
                lut: np.ndarray | None) -> Piece:

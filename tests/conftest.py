@@ -46,7 +46,7 @@ def _stop_cluster(temp_dir: Path, port: int) -> None:
             if client_server or str(temp_dir) in " ".join(cmdline):
                 procs.append(proc)
                 proc.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=15)
+    _, alive = psutil.wait_procs(procs, timeout=3)  # then SIGKILL: some linger the whole wait on SIGTERM
     for proc in alive:
         with contextlib.suppress(psutil.Error):
             proc.kill()

@@ -18,7 +18,11 @@ same plan, same actors:
 
 Both outputs are decoded and compared, frame for frame, with the stitched frames they encode (PSNR); the bytes
 that reached the head are counted (raw frames for `head`, edges and piece bytes for `pieces`) and so is the
-head's CPU time (the driver process and the ffmpeg processes it ran).
+head's CPU time (the driver process and the ffmpeg processes it ran), and the machine's (every process, from
+/proc/stat).
+
+The floor: libx264 alone, at the same settings, encoding one segment's frames (one thread, as pieces do), scaled
+to the whole video: no output path on this machine's cores can be faster than that CPU time over its cores.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import tempfile
 import time
@@ -39,7 +44,7 @@ from orchestrator.planner import plan_render
 from orchestrator.request import RenderRequest
 from orchestrator.scheduler import PlanRun
 from orchestrator.transport import RayFrames
-from pipeline.pieces import PieceFormat
+from pipeline.pieces import PieceFormat, encode_piece
 from pipeline.presets import load_preset
 from pipeline.stitch import OverlapStitcher
 from pipeline.testsrc import moving_pattern
@@ -165,6 +170,29 @@ def _head_cpu() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def _machine_cpu() -> float | None:
+    """CPU seconds every process on this machine has used (Linux /proc/stat), or None elsewhere."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return None
+    ticks = [int(value) for value in fields]
+    busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6]  # user nice system irq softirq
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _x264_floor(plan) -> float:
+    """CPU seconds libx264 alone needs for the whole video at these settings: one segment's body encoded as a
+    piece (one thread), scaled by frames."""
+    fmt = PieceFormat(WIDTH, HEIGHT, FPS, crf=18)
+    frames = draw_segment(0, SEGMENT - OVERLAP, 0)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    encode_piece(fmt, 0, frames[:0], frames)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return cpu * plan.total_frames / len(frames)
+
+
 def _psnr(path: Path, plan) -> tuple[int, float]:
     """Frames decoded from `path` and their PSNR (dB) against the stitched frames they encode."""
     stitcher = OverlapStitcher(color_correction=True)
@@ -193,14 +221,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, run in (("head", _run_head), ("pieces", _run_pieces)):
             out = Path(tmp) / f"{name}.mp4"
-            cpu = _head_cpu()
+            cpu, machine = _head_cpu(), _machine_cpu()
             row = run(plan, drawers, out)
             row["head_cpu_s"] = round(_head_cpu() - cpu, 1)
+            if machine is not None:
+                row["machine_cpu_s"] = round(_machine_cpu() - machine, 1)
             row["frames"], row["psnr_db"] = _psnr(out, plan)
             row["mb_to_head_per_minute"] = round(row.pop("bytes_to_head") / 1e6 * 60 / args.seconds, 1)
             rows.append(row)
             print(json.dumps(row))
     ray.shutdown()
+    floor = _x264_floor(plan)
+    cores = os.cpu_count() or 1
+    print(f"floor: libx264 alone needs {floor:.1f} CPU s for this video at these settings: {floor / cores:.1f} s of "
+          f"wall on {cores} cores at best, whichever process encodes")
     speedup = round(rows[0]["wall_s"] / rows[1]["wall_s"], 2)
     print(f"{plan.total_frames} frames ({args.seconds:g} s of {WIDTH}x{HEIGHT} at {FPS} fps, {len(plan.segments)} "
           f"segments): pieces {speedup}x faster end to end than the head alone; "
@@ -211,7 +245,8 @@ def main() -> None:
               "machine": describe_machine(numpy=np.__version__, ffmpeg=ffmpeg_version()),
               "video": {"width": WIDTH, "height": HEIGHT, "fps": FPS, "frames": plan.total_frames,
                         "segments": len(plan.segments), "segment_frames": SEGMENT, "overlap": OVERLAP},
-              "rows": rows, "speedup": speedup}
+              "rows": rows, "speedup": speedup,
+              "floor": {"x264_cpu_s": round(floor, 1), "cores": cores, "wall_s": round(floor / cores, 1)}}
     (RESULTS / "encode.json").write_text(json.dumps(record, indent=2) + "\n")
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from orchestrator.batch import _start_entry
+from orchestrator.batch import _check_entry
 from orchestrator.cli import main
 from orchestrator.jobs import JobStore
 from orchestrator.planner import plan_render
@@ -69,8 +69,8 @@ def test_cli_resume_under_other_weights_is_refused_before_any_model_loads(tmp_pa
 def test_batch_entry_that_changed_since_its_job_is_a_row_error(tmp_path):
     store = JobStore(tmp_path)
     store.create(RenderRequest(prompt="a fox"), job_id="fox")
-    (row,) = _start_entry(None, store, {"id": "fox", "prompt": "a wolf"}).values()  # no runner is reached
-    assert row["state"] == "failed" and "prompt ('a fox' here, 'a wolf' given)" in row["error"]
+    row, action, _ = _check_entry(store, {"id": "fox", "prompt": "a wolf"})  # checked before any runner exists
+    assert action is None and row["state"] == "failed" and "prompt ('a fox' here, 'a wolf' given)" in row["error"]
     assert "new id" in row["error"]
 
 

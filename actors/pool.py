@@ -111,7 +111,8 @@ class WorkerPool:
                 "lower --workers or --sp-degree, or check `ray status`"
             )
         started = time.perf_counter()
-        self.startup: dict = {}  # when each start-up phase of the last group to be ready ended (s from its start)
+        # When each start-up phase ended (s from its start) for the last group ready before the pool returned.
+        self.startup: dict = {}
         self.groups: list[ShardGroup] = []
         self._created: list[ShardGroup] = []  # every group made, so shutdown also stops those still starting
         self.starting: list[GroupStart] = []  # begun and not ready yet, when `ready` < size

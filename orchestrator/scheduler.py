@@ -372,7 +372,10 @@ class Dispatcher:
         with self._lock:
             group = self.recovery.settle(ref)
         if group is not None:
-            self.on_group_ready(group)
+            try:
+                self.on_group_ready(group)
+            except Exception:  # e.g. its node went at once: its first task then finds that out
+                logger.exception("preparing shard group %d failed", group.group_id)
             with self._lock:
                 self._idle.append(group)
 

@@ -187,6 +187,19 @@ def test_rendering_starts_on_the_first_ready_group_and_a_late_one_joins_when_rea
     assert sorted(g.group_id for g in pool.groups) == [0, 1] and dispatcher.recovery.rebuilding == 0
 
 
+def test_a_joining_group_whose_preparation_fails_still_renders():
+    _clock, pool, dispatcher = _setup(2, starting={1: "ready"})
+
+    def prepare(group):
+        raise RuntimeError("its node is gone")
+
+    dispatcher.on_group_ready = prepare
+    (late,) = {id(s): s for s in dispatcher.recovery._starts.values()}.values()
+    run = _run(dispatcher)
+    _steps(dispatcher, lambda: not run.active)
+    assert run.error is None and run.progress.frames_written == run.plan.total_frames and late.group.submitted
+
+
 def test_a_late_group_that_never_starts_is_given_up_while_the_ready_one_renders():
     _clock, pool, dispatcher = _setup(2, starting={1: "dies"}, group_restarts=1)
     pool.starts[1] = ["dies"]  # its one restart dies too

@@ -25,9 +25,10 @@ def test_render_survives_losing_a_node_with_the_same_video(tiny_cache, tmp_path)
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["nodes"] == 2  # one group on each node
     assert report["removed_with_segments_left"][0] >= 1  # removed mid-render
-    # The segment whose piece the lost node was encoding was rendered again, on the head: one render more than
-    # the plan's (a render the node had in flight is retried, and counts once, when it completes).
-    assert report["segments_rendered"] == len(SEGMENTS) + 1
+    # The segment whose piece the lost node was encoding was rendered again, on the head: more renders than the
+    # plan has (a render the node had in flight is retried and counts once, when it completes; a second body
+    # that reached the node's held encoder before the node went is lost and rendered again too).
+    assert report["segments_rendered"] >= len(SEGMENTS) + 1
     assert report["same_video"] and report["state"] == "done"
     assert report["groups_left"] == 1  # the lost node's group was given up, the other finished the video
     assert report["driver_on_head"] and report["job_files"] == JOB_FILES, report["job_files"]

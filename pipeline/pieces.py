@@ -70,16 +70,36 @@ class Piece:
     body_steps: tuple[float, ...]
 
 
+def lut_expression(table: np.ndarray) -> str:
+    """An ffmpeg expression of `val` (0..255) whose value is exactly `table[val]` (uint8 (256,)): a binary search
+    over the levels, each run of equal entries one leaf (for ffmpeg's lutrgb filter)."""
+
+    def node(lo: int, hi: int) -> str:
+        if (table[lo:hi] == table[lo]).all():
+            return str(int(table[lo]))
+        mid = (lo + hi) // 2
+        return f"if(lt(val,{mid}),{node(lo, mid)},{node(mid, hi)})"
+
+    return node(0, 256)
+
+
 def encode_piece(fmt: PieceFormat, start_frame: int, lead: np.ndarray, body: np.ndarray | Iterable[np.ndarray],
                  lut: np.ndarray | None = None) -> Piece:
     """Encode `lead` then `body` mapped through `lut` as one piece whose timestamps start at output frame
-    `start_frame`. Frames are uint8 (n, h, w, 3); `body` may also be an iterable of such batches (read once)."""
+    `start_frame`. Frames are uint8 (n, h, w, 3); `body` may also be an iterable of such batches (read once).
+
+    A body alone (no lead, as the nodes encode them) is mapped by ffmpeg (lutrgb, exact: the table itself), in C
+    as it is converted for the encoder, not in numpy here; the seam steps are measured on mapped subsamples."""
     if isinstance(body, np.ndarray):
         batches = (body[i:i + PIECE_CHUNK] for i in range(0, len(body), PIECE_CHUNK))
     else:
         batches = iter(body)
+    mapped = lut is not None and lut is not IDENTITY_LUT
+    in_ffmpeg = mapped and not len(lead)
     pix_fmt = CODEC_PIX_FMTS.get(fmt.codec, "yuv420p")
     stream = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{fmt.width}x{fmt.height}", r=str(fmt.fps))
+    if in_ffmpeg:
+        stream = stream.filter("lutrgb", **{c: lut_expression(lut[i]) for i, c in enumerate("rgb")})
     args = dict(vcodec=fmt.codec, pix_fmt=pix_fmt, r=str(fmt.fps), format=fmt.container, threads=fmt.threads,
                 output_ts_offset=f"{float(Fraction(start_frame) / Fraction(fmt.fps)):.6f}")
     if fmt.codec in TS_CODECS:
@@ -102,9 +122,9 @@ def encode_piece(fmt: PieceFormat, start_frame: int, lead: np.ndarray, body: np.
             if len(lead):
                 write(lead)
             for batch in batches:
-                batch = batch if lut is None or lut is IDENTITY_LUT else apply_color_match(batch, lut)
+                batch = apply_color_match(batch, lut) if mapped and not in_ffmpeg else batch
                 for frame in batch:
-                    thumb = thumbnail(frame)
+                    thumb = thumbnail(frame, lut=lut if in_ffmpeg else None)
                     if previous is not None:
                         steps.append(float(np.abs(thumb - previous).mean()))
                     previous = thumb

@@ -22,10 +22,14 @@ MIN_TYPICAL_STEP = 0.1  # levels; a still video would otherwise make any seam's 
 MAX_PIXELS = 65536  # frames larger than this are measured on a strided subsample
 
 
-def thumbnail(frame: np.ndarray, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """The strided int16 subsample of a uint8 frame (h, w, 3) that steps are measured on."""
+def thumbnail(frame: np.ndarray, max_pixels: int = MAX_PIXELS, lut: np.ndarray | None = None) -> np.ndarray:
+    """The strided int16 subsample of a uint8 frame (h, w, 3) that steps are measured on; with `lut` (a per-channel
+    lookup table, uint8 (3, 256)), of the frame mapped through it (the subsample is mapped: the same values)."""
     stride = max(1, math.ceil(math.sqrt(frame.shape[0] * frame.shape[1] / max_pixels)))
-    return frame[::stride, ::stride].astype(np.int16)
+    small = frame[::stride, ::stride]
+    if lut is not None:
+        small = lut[np.arange(3), small]
+    return small.astype(np.int16)
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,9 @@ in count and time); the seam meter fed pieces' measured steps reports what it re
 import numpy as np
 import pytest
 
-from pipeline.pieces import PieceFormat, concat_pieces, encode_piece, playlist
-from pipeline.seams import SeamMeter
-from pipeline.stitch import fit_color_match
+from pipeline.pieces import PieceFormat, concat_pieces, encode_piece, lut_expression, playlist
+from pipeline.seams import SeamMeter, thumbnail
+from pipeline.stitch import apply_color_match, fit_color_match
 from pipeline.video_io import read_video
 
 
@@ -33,14 +33,28 @@ def test_pieces_join_by_stream_copy_into_the_frames_fed(tmp_path, codec, suffix)
     listed = list(zip(paths, [len(r) for r in runs], strict=True))
     frames, info = read_video(concat_pieces(listed, tmp_path / f"all{suffix}", codec, 16))
     assert info.frames == start and info.fps == 16 and abs(info.duration_s - start / 16) < 1e-9
-    from pipeline.stitch import apply_color_match
-
     expected = np.concatenate([runs[0], runs[1][:3], apply_color_match(runs[1][3:], lut), *runs[2:]])
     if codec == "ffv1":
         np.testing.assert_array_equal(frames, expected)
     else:
         assert np.abs(frames.astype(int) - expected).mean() < 3
     assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob("*.txt"))
+
+
+def test_a_body_alone_is_mapped_by_ffmpeg_exactly_and_measured_as_mapped(tmp_path):
+    frames = _frames(12, 1)
+    lut = np.random.default_rng(0).integers(0, 256, (3, 256)).astype(np.uint8)  # any table, not just an affine fit
+    for table in lut:  # the lutrgb expression is the table (evaluated here as ffmpeg reads it)
+        value = {"if": lambda c, a, b: a if c else b, "lt": lambda a, b: a < b}
+        expression = lut_expression(table).replace("if(", "IF(")
+        assert [eval(expression, {"IF": value["if"], "lt": value["lt"], "val": v}) for v in range(256)] == list(table)
+    piece = encode_piece(PieceFormat(48, 32, 16, codec="ffv1"), 0, frames[:0], frames, lut)
+    path = tmp_path / "body.mkv"
+    path.write_bytes(piece.data)
+    expected = apply_color_match(frames, lut)
+    np.testing.assert_array_equal(read_video(path)[0], expected)
+    thumbs = [thumbnail(frame) for frame in expected]
+    assert piece.body_steps == tuple(float(np.abs(b - a).mean()) for a, b in zip(thumbs, thumbs[1:], strict=False))
 
 
 def test_a_broken_piece_fails_naming_ffmpeg(tmp_path):

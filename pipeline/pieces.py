@@ -29,6 +29,9 @@ from pipeline.video_io import CODEC_PIX_FMTS, ffmpeg_binary, output_format
 # Pieces of these codecs are MPEG-TS (what HLS plays); others (FFV1) go in Matroska and have no preview.
 TS_CODECS = ("libx264", "libx265")
 PIECE_CHUNK = 8  # body frames mapped and piped at a time: memory stays a few frames above the body itself
+# Bodies of at least this many pixels are colour-mapped by ffmpeg (lutrgb: ~2 ns a pixel, ~40 ms to set up its
+# expressions); smaller ones by numpy (~7 ns a pixel), which is cheaper below it (e.g. a 128x128 segment).
+LUTRGB_MIN_PIXELS = 8_000_000
 
 
 @dataclass(frozen=True)
@@ -88,14 +91,15 @@ def encode_piece(fmt: PieceFormat, start_frame: int, lead: np.ndarray, body: np.
     """Encode `lead` then `body` mapped through `lut` as one piece whose timestamps start at output frame
     `start_frame`. Frames are uint8 (n, h, w, 3); `body` may also be an iterable of such batches (read once).
 
-    A body alone (no lead, as the nodes encode them) is mapped by ffmpeg (lutrgb, exact: the table itself), in C
-    as it is converted for the encoder, not in numpy here; the seam steps are measured on mapped subsamples."""
+    A large body alone (no lead, as the nodes encode them; LUTRGB_MIN_PIXELS) is mapped by ffmpeg (lutrgb, exact:
+    the table itself), in C as it is converted for the encoder, not in numpy here; the seam steps are then
+    measured on mapped subsamples."""
     if isinstance(body, np.ndarray):
         batches = (body[i:i + PIECE_CHUNK] for i in range(0, len(body), PIECE_CHUNK))
     else:
         batches = iter(body)
     mapped = lut is not None and lut is not IDENTITY_LUT
-    in_ffmpeg = mapped and not len(lead)
+    in_ffmpeg = mapped and not len(lead) and isinstance(body, np.ndarray) and body.size // 3 >= LUTRGB_MIN_PIXELS
     pix_fmt = CODEC_PIX_FMTS.get(fmt.codec, "yuv420p")
     stream = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{fmt.width}x{fmt.height}", r=str(fmt.fps))
     if in_ffmpeg:

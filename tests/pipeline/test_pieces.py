@@ -41,7 +41,8 @@ def test_pieces_join_by_stream_copy_into_the_frames_fed(tmp_path, codec, suffix)
     assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob("*.txt"))
 
 
-def test_a_body_alone_is_mapped_by_ffmpeg_exactly_and_measured_as_mapped(tmp_path):
+def test_a_body_alone_is_mapped_by_ffmpeg_exactly_and_measured_as_mapped(tmp_path, monkeypatch):
+    monkeypatch.setattr("pipeline.pieces.LUTRGB_MIN_PIXELS", 0)  # this small body too (in use: 720p bodies)
     frames = _frames(12, 1)
     lut = np.random.default_rng(0).integers(0, 256, (3, 256)).astype(np.uint8)  # any table, not just an affine fit
     for table in lut:  # the lutrgb expression is the table (evaluated here as ffmpeg reads it)

@@ -152,6 +152,9 @@ def test_a_group_whose_rebuild_fails_is_given_up_while_the_other_renders_the_vid
                           rank_class=_rebuilds_fail(tmp_path))
     request = RenderRequest(prompt="a fox", duration_s=4.0, mode="bridge", segment_frames=21, overlap_frames=4)
     try:
+        # Both groups loaded before the render: the loads this test kills are the rebuild's, armed by the first
+        # segment's death (a group still starting when it dies would die in its own first load instead).
+        assert engine.wait_for_pool() == 2
         result = engine.render(request, tmp_path / "out.mp4")
         live = len(engine.pool.groups)  # the video was finished by the other group, not after a rebuild
         engine.wait_for_pool(120)  # the rebuild runs out of attempts (TimeoutError: it neither succeeded nor gave up)

@@ -267,8 +267,11 @@ class Recovery:
                 self._failed(start, err)
 
     def _track(self, start) -> None:
+        # Only the refs still pending: an adopted start's first phases may have resolved in the pool's own wait,
+        # and a resolved ref seen again after the last one would make the group join twice.
         for ref in start.refs:
-            self._starts[ref] = start
+            if ref in start.pending:
+                self._starts[ref] = start
 
     def _failed(self, start, err: Exception) -> None:
         for ref in start.refs:

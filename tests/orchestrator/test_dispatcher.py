@@ -187,6 +187,26 @@ def test_rendering_starts_on_the_first_ready_group_and_a_late_one_joins_when_rea
     assert sorted(g.group_id for g in pool.groups) == [0, 1] and dispatcher.recovery.rebuilding == 0
 
 
+class NewestFirst(Futures):
+    """Ray's wait does not promise the input order: this one hands back the last ready ref first."""
+
+    def wait(self, refs, timeout):
+        return super().wait(list(reversed(refs)), timeout)
+
+
+def test_a_late_group_whose_placement_the_pool_saw_joins_once():
+    clock = Clock()
+    futures = NewestFirst(clock)
+    pool = FakePool(2, clock, futures, starting={1: "ready"})
+    (late,) = pool.starting
+    late.settle(late.placement_ref)  # resolved in the pool's own wait before it returned, as WorkerPool._await does
+    dispatcher = Dispatcher(pool, futures=futures, clock=clock)
+    run = _run(dispatcher)
+    _steps(dispatcher, lambda: not run.active and not dispatcher.recovery.refs)
+    assert run.error is None and run.progress.frames_written == run.plan.total_frames
+    assert sorted(g.group_id for g in pool.groups) == [0, 1] and dispatcher.recovery.rebuilding == 0
+
+
 def test_a_joining_group_whose_preparation_fails_still_renders():
     _clock, pool, dispatcher = _setup(2, starting={1: "ready"})
 

@@ -28,6 +28,8 @@ def test_killed_render_resumes_with_only_missing_segments(ray_cluster, tiny_cach
     segments = job_dir / "pieces"  # a segment is saved once its piece is
 
     first = _cli(env, "--job-dir", str(job_dir), "--workers", "1")
+    # The uninterrupted reference renders meanwhile, on the cluster's other CPU slot.
+    clean = _cli(env, "--out", str(tmp_path / "clean.mp4"), "--workers", "1")
     deadline = time.monotonic() + 180
     while len(list(segments.glob("[0-9]*.json"))) < 2:
         assert first.poll() is None, first.communicate()[1][-3000:]
@@ -37,16 +39,14 @@ def test_killed_render_resumes_with_only_missing_segments(ray_cluster, tiny_cach
     first.wait()
     kept = len(list(segments.glob("[0-9]*.json")))
     assert not (job_dir / "output.mp4").exists()
+    _, clean_err = clean.communicate(timeout=300)  # before the resume: its two workers need both slots
+    assert clean.returncode == 0, clean_err[-3000:]
 
     resumed = _cli(env, "--job-dir", str(job_dir), "--resume", "--workers", "2")
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-3000:]
     total = len(list(segments.glob("[0-9]*.json")))
     assert f"rendered {total - kept} of {total} segments" in out and "(chain, 2 worker(s))" in out
-
-    clean = _cli(env, "--out", str(tmp_path / "clean.mp4"), "--workers", "1")
-    out, err = clean.communicate(timeout=300)
-    assert clean.returncode == 0, err[-3000:]
     np.testing.assert_array_equal(read_video(job_dir / "output.mp4")[0], read_video(tmp_path / "clean.mp4")[0])
 
 

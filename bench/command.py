@@ -13,6 +13,10 @@ Two ratios: default modes (what a user gets without --mode: with one worker the 
 same plan (bridge on both: the work is equal, only the workers differ). Each run's wall time is the process's, from
 start to exit; the CLI's own report splits it into start-up (its checks and Ray, then the pool: when each
 start-up phase of the slowest group ended) and render.
+
+Each run's CPU time is counted too: the whole machine's (/proc/stat) and the ranks' (ray::ShardRank processes,
+sampled from /proc). The machine CPU of the 2-worker run over the cores is the least wall time any schedule of
+that work could take on this machine: the most speedup over 1 worker that this much work allows.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.machine import describe_machine
+from bench.machine import ProcessCPU, describe_machine
 from bench.minute import DEMO_PROMPT, RESULTS, ROOT
 
 RAY = str(ROOT / ".venv" / "bin" / "ray")
@@ -40,8 +44,9 @@ def _render(workers: int, mode: str | None, out: Path, env: dict) -> dict:
     command = [MINUTEREEL, "render", "--prompt", DEMO_PROMPT, "--duration", "60", "--workers", str(workers),
                "--out", str(out), *(["--mode", mode] if mode else [])]
     started = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - started
+    with ProcessCPU({"ranks": "ray::ShardRank"}) as cpu:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"render failed:\n{done.stderr[-3000:]}")
     render = float(re.search(r"in ([0-9.]+)s$", done.stdout.strip().splitlines()[-1]).group(1))
@@ -50,7 +55,22 @@ def _render(workers: int, mode: str | None, out: Path, env: dict) -> dict:
     return {"workers": workers, "mode": planned, "mode_flag": mode is not None, "wall_s": round(wall, 2),
             "render_s": render, "checks_and_ray_s": float(startup.group(1)), "pool_s": float(startup.group(2)),
             "pool_phases": startup.group(3), "outside_engine_s": round(wall - render - float(startup.group(1))
-                                                                       - float(startup.group(2)), 2)}
+                                                                       - float(startup.group(2)), 2),
+            "machine_cpu_s": cpu.machine_s, "ranks_cpu_s": cpu.total("ranks")}
+
+
+def _cpu_bound(rows: list[dict], one_worker_s: float) -> dict | None:
+    """What the machine's CPU allows the best 2-worker run (the least CPU of them): its CPU seconds over the cores
+    is the least wall time any schedule of that work needs, and the 1-worker command's best over that the most
+    speedup. None without /proc."""
+    measured = [r for r in rows if r["workers"] == 2 and r["machine_cpu_s"] is not None]
+    if not measured:
+        return None
+    least = min(measured, key=lambda r: r["machine_cpu_s"])
+    cores = os.cpu_count() or 1
+    wall = least["machine_cpu_s"] / cores
+    return {"machine_cpu_s": least["machine_cpu_s"], "ranks_cpu_s": least["ranks_cpu_s"], "cores": cores,
+            "wall_s": round(wall, 1), "speedup": round(one_worker_s / wall, 2)}
 
 
 def main() -> None:
@@ -81,11 +101,16 @@ def main() -> None:
     speedup, same_speedup = round(default / two, 2), round(same_plan / two, 2)
     print(f"whole command, 60 s tiny video on a running local cluster, 2 workers {two:.1f}s against 1 worker: "
           f"default modes (chain) {default:.1f}s: {speedup}x; same plan (bridge) {same_plan:.1f}s: {same_speedup}x")
+    bound = _cpu_bound(rows, default)
+    if bound is not None:
+        print(f"CPU bound: the 2-worker command used {bound['machine_cpu_s']:.1f} CPU s of this machine "
+              f"({bound['ranks_cpu_s']:.1f} in the ranks): on {bound['cores']} cores no schedule finishes it in under "
+              f"{bound['wall_s']:.1f}s, so it is at most {bound['speedup']}x the 1-worker command while the work stays")
     RESULTS.mkdir(exist_ok=True)
     record = {"benchmark": "command", "command": f"python -m bench.command --runs {args.runs}",
               "machine": describe_machine(), "rows": rows,
               "best_wall_s": {"1 worker, default mode": default, "1 worker, bridge": same_plan, "2 workers": two},
-              "speedup_default_modes": speedup, "speedup_same_plan": same_speedup}
+              "speedup_default_modes": speedup, "speedup_same_plan": same_speedup, "cpu_bound": bound}
     (RESULTS / "command.json").write_text(json.dumps(record, indent=2) + "\n")
 
 

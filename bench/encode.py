@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from bench.machine import describe_machine
+from bench.machine import describe_machine, machine_cpu
 from orchestrator.planner import plan_render
 from orchestrator.request import RenderRequest
 from orchestrator.scheduler import PlanRun
@@ -170,17 +170,6 @@ def _head_cpu() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def _machine_cpu() -> float | None:
-    """CPU seconds every process on this machine has used (Linux /proc/stat), or None elsewhere."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except OSError:
-        return None
-    ticks = [int(value) for value in fields]
-    busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6]  # user nice system irq softirq
-    return busy / os.sysconf("SC_CLK_TCK")
-
-
 def _x264_floor(plan) -> float:
     """CPU seconds libx264 alone needs for the whole video at these settings: one segment's body encoded as a
     piece (one thread), scaled by frames."""
@@ -221,11 +210,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, run in (("head", _run_head), ("pieces", _run_pieces)):
             out = Path(tmp) / f"{name}.mp4"
-            cpu, machine = _head_cpu(), _machine_cpu()
+            cpu, machine = _head_cpu(), machine_cpu()
             row = run(plan, drawers, out)
             row["head_cpu_s"] = round(_head_cpu() - cpu, 1)
             if machine is not None:
-                row["machine_cpu_s"] = round(_machine_cpu() - machine, 1)
+                row["machine_cpu_s"] = round(machine_cpu() - machine, 1)
             row["frames"], row["psnr_db"] = _psnr(out, plan)
             row["mb_to_head_per_minute"] = round(row.pop("bytes_to_head") / 1e6 * 60 / args.seconds, 1)
             rows.append(row)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.stitch import IDENTITY_LUT, OverlapStitcher, blend_overlap, blend_weights, fit_color_match
+from pipeline.stitch import IDENTITY_LUT, OverlapStitcher, blend_overlap, blend_weights, channel_stats, fit_color_match
 from pipeline.testsrc import moving_pattern
 
 
@@ -116,3 +116,14 @@ def test_stitcher_rejects_a_segment_shorter_than_its_overlaps():
 def test_unknown_curve_is_rejected_up_front():
     with pytest.raises(ValueError, match="curve must be 'linear' or 'cosine', got 'sine'"):
         OverlapStitcher("sine")
+
+
+def test_channel_stats_are_each_channels_exact_mean_and_spread():
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 256, (3, 300, 400, 3), dtype=np.uint8)  # more pixels than one histogram chunk
+    frames[..., 1] //= 4  # channels that differ
+    for view in (frames, frames[:, ::3, 1::2]):  # and a strided view
+        mean, spread = channel_stats(view)
+        exact = view.reshape(-1, 3).astype(np.float64)
+        np.testing.assert_allclose(mean, exact.mean(axis=0), rtol=1e-12)
+        np.testing.assert_allclose(spread, exact.std(axis=0), rtol=1e-9)

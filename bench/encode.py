@@ -225,6 +225,12 @@ def main() -> None:
     print(f"floor: libx264 alone needs {floor:.1f} CPU s for this video at these settings: {floor / cores:.1f} s of "
           f"wall on {cores} cores at best, whichever process encodes")
     speedup = round(rows[0]["wall_s"] / rows[1]["wall_s"], 2)
+    bound = None
+    if "machine_cpu_s" in rows[1]:
+        bound = round(rows[0]["wall_s"] / (rows[1]["machine_cpu_s"] / cores), 2)
+        print(f"CPU bound: pieces used {rows[1]['machine_cpu_s']} CPU s of this machine: on {cores} cores no schedule "
+              f"of that work beats {rows[1]['machine_cpu_s'] / cores:.1f} s, at most {bound}x the head run; "
+              f"{rows[1]['machine_cpu_s'] - floor:.1f} CPU s of it is not libx264")
     print(f"{plan.total_frames} frames ({args.seconds:g} s of {WIDTH}x{HEIGHT} at {FPS} fps, {len(plan.segments)} "
           f"segments): pieces {speedup}x faster end to end than the head alone; "
           f"{rows[0]['mb_to_head_per_minute']} MB vs {rows[1]['mb_to_head_per_minute']} MB to the head per minute, "
@@ -234,7 +240,7 @@ def main() -> None:
               "machine": describe_machine(numpy=np.__version__, ffmpeg=ffmpeg_version()),
               "video": {"width": WIDTH, "height": HEIGHT, "fps": FPS, "frames": plan.total_frames,
                         "segments": len(plan.segments), "segment_frames": SEGMENT, "overlap": OVERLAP},
-              "rows": rows, "speedup": speedup,
+              "rows": rows, "speedup": speedup, "cpu_bound_speedup": bound,
               "floor": {"x264_cpu_s": round(floor, 1), "cores": cores, "wall_s": round(floor / cores, 1)}}
     (RESULTS / "encode.json").write_text(json.dumps(record, indent=2) + "\n")
 

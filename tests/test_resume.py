@@ -30,11 +30,15 @@ def test_killed_render_resumes_with_only_missing_segments(ray_cluster, tiny_cach
     first = _cli(env, "--job-dir", str(job_dir), "--workers", "1")
     # The uninterrupted reference renders meanwhile, on the cluster's other CPU slot.
     clean = _cli(env, "--out", str(tmp_path / "clean.mp4"), "--workers", "1")
-    deadline = time.monotonic() + 180
-    while len(list(segments.glob("[0-9]*.json"))) < 2:
-        assert first.poll() is None, first.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "no segments appeared"
-        time.sleep(0.1)
+    try:
+        deadline = time.monotonic() + 180
+        while len(list(segments.glob("[0-9]*.json"))) < 2:
+            assert first.poll() is None, first.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no segments appeared"
+            time.sleep(0.1)
+    except BaseException:
+        clean.kill()
+        raise
     first.send_signal(signal.SIGKILL)
     first.wait()
     kept = len(list(segments.glob("[0-9]*.json")))

@@ -38,8 +38,8 @@ def test_a_wan_layout_lora_changes_the_video_and_the_jobs_weights(env, tmp_path)
     # Both at once, one worker each (the cluster's two CPU slots): their pools start together.
     plain = _start(env, "render", *FLAGS, "--out", str(tmp_path / "plain.mp4"))
     styled = _start(env, "render", *FLAGS, "--lora", f"{lora}:0.8", "--job-dir", str(job))
-    for command in (plain, styled):
-        _, err = command.communicate(timeout=300)
+    errors = [command.communicate(timeout=300)[1] for command in (plain, styled)]  # both end before either is judged
+    for command, err in zip((plain, styled), errors, strict=True):
         assert command.returncode == 0, err[-3000:]
 
     base, changed = read_video(tmp_path / "plain.mp4")[0], read_video(job / "output.mp4")[0]

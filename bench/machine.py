@@ -7,6 +7,8 @@ import platform
 import threading
 from pathlib import Path
 
+import psutil
+
 
 def describe_machine(**extra: str) -> dict:
     """Cores, CPU model, memory (GiB) and Python version, plus `extra` (library versions)."""
@@ -30,26 +32,20 @@ def machine_cpu() -> float | None:
 
 
 def _process_times() -> dict[int, tuple[float, str]]:
-    """Every live process's CPU seconds so far and its command line (Linux /proc)."""
-    tick, found = os.sysconf("SC_CLK_TCK"), {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:  # gone meanwhile
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        found[int(entry.name)] = ((int(fields[11]) + int(fields[12])) / tick, cmdline)
+    """Every live process's CPU seconds so far (user + system, not its children's) and its command line."""
+    found = {}
+    for proc in psutil.process_iter(["cpu_times", "cmdline"]):
+        times, cmdline = proc.info["cpu_times"], proc.info["cmdline"]
+        if times is not None:  # None: not ours to read, or gone meanwhile
+            found[proc.pid] = (times.user + times.system, " ".join(cmdline or ()))
     return found
 
 
 class ProcessCPU:
     """CPU seconds used, while it is entered, by the processes whose command line holds each of `kinds`
-    ({label: substring}), and by the whole machine. Sampled from /proc every `interval` s: a process's last
-    sample before it exits is what counts for it, so one that lives under `interval` is missed. Linux only
-    (elsewhere every total is None)."""
+    ({label: substring}), and by the whole machine (Linux /proc/stat; None elsewhere). Processes are sampled
+    every `interval` s (psutil): a process's last sample before it exits is what counts for it, so one that lives
+    under `interval` is missed."""
 
     def __init__(self, kinds: dict[str, str], interval: float = 0.2):
         self.kinds, self.interval = kinds, interval
@@ -57,7 +53,7 @@ class ProcessCPU:
         self._stop = threading.Event()
 
     def __enter__(self) -> ProcessCPU:
-        self._base = _process_times() if Path("/proc/stat").exists() else None
+        self._base = _process_times()
         self._machine = machine_cpu()
         self._thread = threading.Thread(target=self._sample, name="process-cpu", daemon=True)
         self._thread.start()
@@ -70,7 +66,7 @@ class ProcessCPU:
         self.machine_s = None if end is None or self._machine is None else round(end - self._machine, 1)
 
     def _sample(self) -> None:
-        while self._base is not None:
+        while True:
             self._record()
             if self._stop.wait(self.interval):
                 self._record()
@@ -82,10 +78,8 @@ class ProcessCPU:
             titles = self._seen.get(pid, (0.0, ""))[1]
             self._seen[pid] = (cpu, titles if cmdline in titles else f"{titles}\n{cmdline}")
 
-    def total(self, label: str) -> float | None:
+    def total(self, label: str) -> float:
         """CPU seconds of the `label` processes while entered."""
-        if self._base is None:
-            return None
         needle = self.kinds[label]
         used = sum(cpu - self._base.get(pid, (0.0, ""))[0] for pid, (cpu, cmdline) in self._seen.items()
                    if needle in cmdline)

@@ -90,10 +90,13 @@ class RayFrames:
 
             cpus = next((n["Resources"].get("CPU", 1) for n in self._ray.nodes() if n["NodeID"] == node), 1)
             actor = self._ray.remote(concurrency_groups={"edges": 1, "encode": max(1, int(cpus))})(self._worker_class)
-            # Named per node: every engine of this driver (tests make many) shares one; it ends with the driver.
+            # Named per node and per owning process: every engine of this driver (tests make many) shares one, and
+            # it ends with this driver. A name without the owner would be shared by every driver on the cluster: a
+            # second command would encode on the first's, and lose it mid-piece when the first command ended.
+            owner = self._ray.get_runtime_context().get_worker_id()
             self._workers[node] = actor.options(
-                name=f"minutereel-{self._worker_class.__name__}-{node}", namespace="minutereel", get_if_exists=True,
-                num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
+                name=f"minutereel-{self._worker_class.__name__}-{node}-{owner}", namespace="minutereel",
+                get_if_exists=True, num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
             ).remote()
         return self._workers[node]
 

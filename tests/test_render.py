@@ -1,5 +1,8 @@
-"""End to end through Ray actors: plan -> shard groups -> stitcher -> ffmpeg -> decoded MP4."""
+"""End to end through Ray actors: plan -> shard groups -> stitcher -> ffmpeg -> decoded MP4. The same request
+gives the same frames whatever the worker count, in every mode, and a worker killed mid-render changes none."""
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,13 +22,51 @@ from pipeline.video_io import read_video
 RED_RIGHT = "a red ball moving right on a blue background"  # a combination held out of training
 
 
+MODES = ("chain", "keyframes", "bridge")
+SAME = {"prompt": "a fox", "duration_s": 5.0, "segment_frames": 33, "seed": 7}  # one request, rendered in every mode
+
+
+def _render_modes(engine, out_dir):
+    return {mode: read_video(engine.render(RenderRequest(mode=mode, **SAME), out_dir / f"{mode}.mp4").path)[0]
+            for mode in MODES}
+
+
 @pytest.fixture(scope="module")
-def engine(ray_cluster, tiny_cache):
+def one_worker(ray_cluster, tiny_cache, tmp_path_factory):
+    """SAME in every mode on one worker: what two workers must give frame for frame. Rendered before `engine`
+    starts: its two workers take both of the cluster's CPU slots."""
+    from orchestrator.engine import RenderEngine
+
+    engine = RenderEngine(EngineConfig(model=ModelConfig(cache_dir=tiny_cache), parallel=ParallelConfig(workers=1)))
+    try:
+        return _render_modes(engine, tmp_path_factory.mktemp("one-worker"))
+    finally:
+        engine.shutdown()
+
+
+@pytest.fixture(scope="module")
+def engine(one_worker, tiny_cache):
     from orchestrator.engine import RenderEngine
 
     engine = RenderEngine(EngineConfig(model=ModelConfig(cache_dir=tiny_cache), parallel=ParallelConfig(workers=2)))
     yield engine
     engine.shutdown()
+
+
+@pytest.fixture(scope="module")
+def two_workers(engine, tmp_path_factory):
+    return _render_modes(engine, tmp_path_factory.mktemp("two-workers"))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_one_and_two_workers_give_identical_frames(one_worker, two_workers, mode):
+    one, two = one_worker[mode], two_workers[mode]
+    assert one.shape == two.shape == (80, 128, 128, 3)
+    np.testing.assert_array_equal(one, two)
+
+
+def test_modes_differ(two_workers):
+    assert not np.array_equal(two_workers["chain"], two_workers["bridge"])
 
 
 def _variation(frames):
@@ -186,3 +227,20 @@ def test_storyboard_with_three_prompts_and_an_image_renders(engine, tmp_path):
     assert len(images) == 1 and images[0][1] == "red.png" and abs(images[0][0] - 48) <= 16
     prompts = [s.prompt for s in plan.segments]
     assert prompts[0] == "a calm sea" and prompts[-1] == "lightning over the waves" and "a storm gathers" in prompts
+
+
+def test_render_survives_a_killed_worker_with_identical_output(engine, one_worker, tmp_path):
+    """Last in this module: it costs the engine a group rebuild."""
+    engine.wait_for_pool()
+    victim, killed = [rank.pid for group in engine.pool.health() for rank in group.ranks][0], []
+
+    def kill_once_segments_are_due(progress):  # mid-render by construction, not by a timer
+        if not killed and progress.keyframes_done == progress.keyframes_total:
+            os.kill(victim, signal.SIGKILL)
+            killed.append(progress.segments_total - progress.segments_done)
+
+    survived = engine.render(RenderRequest(mode="bridge", **SAME), tmp_path / "killed.mp4",
+                             on_progress=kill_once_segments_are_due)
+    assert len(killed) == 1 and killed[0] >= 2
+    assert victim not in [rank.pid for group in engine.pool.health() for rank in group.ranks]
+    np.testing.assert_array_equal(read_video(survived.path)[0], one_worker["bridge"])

@@ -45,7 +45,7 @@ def test_a_wan_layout_lora_changes_the_video_and_the_jobs_weights(env, tmp_path)
     base, changed = read_video(tmp_path / "plain.mp4")[0], read_video(job / "output.mp4")[0]
     assert base.shape == changed.shape == (16, 128, 128, 3)
     difference = np.abs(base.astype(int) - changed.astype(int)).mean(axis=(1, 2, 3))
-    # The same command renders identical frames (tests/test_determinism.py); the LoRA moves every one of them.
+    # The same command renders identical frames (tests/test_render.py); the LoRA moves every one of them.
     assert difference.min() > 0.5 and difference.mean() > 2, difference
     assert json.loads((job / "plan.json").read_text())["weights"].endswith(f" loras={lora}*0.8")
 

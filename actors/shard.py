@@ -295,6 +295,12 @@ class ShardGroup:
         group (the survivors' collectives can no longer be trusted to line up)."""
         return isinstance(err, ray.exceptions.RayActorError) or len(self.ranks) > 1
 
+    def died_elsewhere(self, err: Exception) -> bool:
+        """Whether `err` says an actor died that is none of this group's ranks (one its call's result went to)."""
+        actor_id = getattr(err, "actor_id", None)
+        return (isinstance(err, ray.exceptions.RayActorError) and actor_id is not None
+                and all(rank._actor_id.hex() != actor_id for rank in self.ranks))
+
     def describe_failure(self, err: Exception) -> str:
         """A one-line message naming the group, the rank whose actor died (when `err` says) and the cause."""
         actor_id = getattr(err, "actor_id", None)

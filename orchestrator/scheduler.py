@@ -448,8 +448,13 @@ class Dispatcher:
     def _recover(self, group: ShardGroup, run: PlanRun, task: Task, err: Exception, broken: bool = False) -> None:
         """After a failed task: hand a broken group to Recovery (it rebuilds without blocking) and retry the
         task on the next free group, or fail the run with the reason. Never waits on a rank."""
-        broken = broken or group.breaks_on(err)
-        message = group.describe_failure(err)
+        if not broken and group.died_elsewhere(err) and run.transport.lost(err):
+            # The node's PieceWorker died taking the segment's edges, not a rank: the group renders on, and the
+            # retry goes to a fresh PieceWorker (the transport looks its workers up again).
+            message, retry = f"the piece worker beside shard group {group.group_id} died: {last_line(err)}", True
+        else:
+            broken = retry = broken or group.breaks_on(err)
+            message = group.describe_failure(err)
         attempts = run.attempts[task.task_id] = run.attempts.get(task.task_id, 0) + 1
         with self._lock:
             if broken:
@@ -458,7 +463,7 @@ class Dispatcher:
                 self._idle.append(group)
         if not run.active:
             return
-        if not broken or attempts > self.pool.parallel.task_retries:
+        if not retry or attempts > self.pool.parallel.task_retries:
             run.fail(RuntimeError(f"{task.kind} {task.spec.index} failed: {message}"))
             return
         logger.warning("%s %d: %s; retrying it", task.kind, task.spec.index, message)

@@ -121,9 +121,22 @@ class RayFrames:
     def lost(self, err: BaseException) -> bool:
         exceptions = self._ray.exceptions
         lost = isinstance(err, exceptions.RayError) and not isinstance(err, exceptions.RayTaskError)
-        if lost:  # a node (or its PieceWorker) is gone: look the workers up again, a fresh one where needed
-            self._workers.clear()
+        if lost:  # a node (or its PieceWorker) is gone: the next call there starts a fresh one
+            self._forget_dead(err)
         return lost
+
+    def _forget_dead(self, err: BaseException) -> None:
+        """Drop the handles of the workers `err` says are gone: the one that died, those of nodes that left. A live
+        worker's handle stays: dropping the last handle of an actor that is not detached ends it, and with it the
+        edges and encodes it is running (clearing them all once turned one lost worker into a cascade of them)."""
+        actor_id = getattr(err, "actor_id", None)
+        alive = {n["NodeID"] for n in self._ray.nodes() if n["Alive"]}
+        gone = [node for node, worker in self._workers.items()
+                if node not in alive or (actor_id is not None and worker._actor_id.hex() == actor_id)]
+        if not gone and actor_id is None:  # nothing says which: look them all up again
+            gone = list(self._workers)
+        for node in gone:
+            del self._workers[node]
 
     def shutdown(self) -> None:
         """Forget the per-node workers (they end with this driver, or serve its next engine)."""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 
 from actors.config import ParallelConfig
 from orchestrator.config import EngineConfig
@@ -227,6 +228,35 @@ def test_storyboard_with_three_prompts_and_an_image_renders(engine, tmp_path):
     assert len(images) == 1 and images[0][1] == "red.png" and abs(images[0][0] - 48) <= 16
     prompts = [s.prompt for s in plan.segments]
     assert prompts[0] == "a calm sea" and prompts[-1] == "lightning over the waves" and "a storm gathers" in prompts
+
+
+def test_render_survives_its_piece_worker_killed_with_identical_output(engine, one_worker, tmp_path):
+    """The per-node actor that takes segments' edges and encodes their bodies dies mid-render (alone: its node
+    lives): a fresh one takes over, no shard group is rebuilt for it, and no frame changes."""
+    from ray.util.state import list_actors
+
+    engine.wait_for_pool()
+    ranks = {rank.pid for group in engine.pool.health() for rank in group.ranks}
+    mine = ray.get_runtime_context().get_worker_id()  # this driver's PieceWorkers: their names end with our id
+
+    def piece_workers(state):
+        return [a.pid for a in list_actors(filters=[("class_name", "=", "PieceWorker"), ("state", "=", state)],
+                                           limit=10_000) if a.name.endswith(mine)]
+
+    (victim,), ended = piece_workers("ALIVE"), len(piece_workers("DEAD"))
+    killed = []
+
+    def kill_after_the_first_segment(progress):
+        if not killed and progress.segments_done >= 1:
+            os.kill(victim, signal.SIGKILL)
+            killed.append(progress.segments_total - progress.segments_done)
+
+    survived = engine.render(RenderRequest(mode="keyframes", **SAME), tmp_path / "killed.mp4",
+                             on_progress=kill_after_the_first_segment)
+    assert killed and killed[0] >= 1
+    np.testing.assert_array_equal(read_video(survived.path)[0], one_worker["keyframes"])
+    assert {rank.pid for group in engine.pool.health() for rank in group.ranks} == ranks
+    assert len(piece_workers("DEAD")) == ended + 1  # the one killed, not its replacement too
 
 
 def test_render_survives_a_killed_worker_with_identical_output(engine, one_worker, tmp_path):

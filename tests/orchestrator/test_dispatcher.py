@@ -102,6 +102,9 @@ class FakeGroup:
     def breaks_on(self, err: Exception) -> bool:
         return isinstance(err, ray.exceptions.RayActorError)
 
+    def died_elsewhere(self, err: Exception) -> bool:
+        return False  # its failures are its own ranks'
+
     def describe_failure(self, err: Exception) -> str:
         return f"shard group {self.group_id} failed: {err}"
 

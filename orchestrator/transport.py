@@ -90,9 +90,10 @@ class RayFrames:
 
             cpus = next((n["Resources"].get("CPU", 1) for n in self._ray.nodes() if n["NodeID"] == node), 1)
             actor = self._ray.remote(concurrency_groups={"edges": 1, "encode": max(1, int(cpus))})(self._worker_class)
-            # Named per node and per owning process: every engine of this driver (tests make many) shares one, and
-            # it ends with this driver. A name without the owner would be shared by every driver on the cluster: a
-            # second command would encode on the first's, and lose it mid-piece when the first command ended.
+            # Named per node and per owning process: the engines of this driver (tests make many) share one while
+            # any holds it; it ends with its last handle or with this driver. A name without the owner would be
+            # shared by every driver on the cluster: a second command would encode on the first's, and lose it
+            # mid-piece when the first command ended.
             owner = self._ray.get_runtime_context().get_worker_id()
             self._workers[node] = actor.options(
                 name=f"minutereel-{self._worker_class.__name__}-{node}-{owner}", namespace="minutereel",
@@ -139,5 +140,5 @@ class RayFrames:
             del self._workers[node]
 
     def shutdown(self) -> None:
-        """Forget the per-node workers (they end with this driver, or serve its next engine)."""
+        """Drop this engine's handles: a worker ends once no engine of this process holds it."""
         self._workers.clear()

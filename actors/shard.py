@@ -295,17 +295,20 @@ class ShardGroup:
         group (the survivors' collectives can no longer be trusted to line up)."""
         return isinstance(err, ray.exceptions.RayActorError) or len(self.ranks) > 1
 
+    def _dead_rank(self, err: Exception) -> int | None:
+        """The rank whose actor `err` says died, if it names one of this group's."""
+        actor_id = getattr(err, "actor_id", None)
+        return next((r for r, rank in enumerate(self.ranks) if actor_id and rank._actor_id.hex() == actor_id), None)
+
     def died_elsewhere(self, err: Exception) -> bool:
         """Whether `err` says an actor died that is none of this group's ranks (one its call's result went to)."""
-        actor_id = getattr(err, "actor_id", None)
-        return (isinstance(err, ray.exceptions.RayActorError) and actor_id is not None
-                and all(rank._actor_id.hex() != actor_id for rank in self.ranks))
+        return (isinstance(err, ray.exceptions.RayActorError) and getattr(err, "actor_id", None) is not None
+                and self._dead_rank(err) is None)
 
     def describe_failure(self, err: Exception) -> str:
         """A one-line message naming the group, the rank whose actor died (when `err` says) and the cause."""
-        actor_id = getattr(err, "actor_id", None)
-        dead = [r for r, rank in enumerate(self.ranks) if actor_id and rank._actor_id.hex() == actor_id]
-        who = f" (rank {dead[0]} died)" if dead else ""
+        dead = self._dead_rank(err)
+        who = f" (rank {dead} died)" if dead is not None else ""
         return f"shard group {self.group_id} failed{who}: {last_line(err)}"
 
     def diagnose(self, err: Exception) -> tuple[str, bool]:

@@ -230,13 +230,17 @@ def test_storyboard_with_three_prompts_and_an_image_renders(engine, tmp_path):
     assert prompts[0] == "a calm sea" and prompts[-1] == "lightning over the waves" and "a storm gathers" in prompts
 
 
+def _rank_pids(engine) -> list[int]:
+    return [rank.pid for group in engine.pool.health() for rank in group.ranks]
+
+
 def test_render_survives_its_piece_worker_killed_with_identical_output(engine, one_worker, tmp_path):
     """The per-node actor that takes segments' edges and encodes their bodies dies mid-render (alone: its node
     lives): a fresh one takes over, no shard group is rebuilt for it, and no frame changes."""
     from ray.util.state import list_actors
 
     engine.wait_for_pool()
-    ranks = {rank.pid for group in engine.pool.health() for rank in group.ranks}
+    ranks = set(_rank_pids(engine))
     mine = ray.get_runtime_context().get_worker_id()  # this driver's PieceWorkers: their names end with our id
 
     def piece_workers(state):
@@ -255,14 +259,14 @@ def test_render_survives_its_piece_worker_killed_with_identical_output(engine, o
                              on_progress=kill_after_the_first_segment)
     assert killed and killed[0] >= 1
     np.testing.assert_array_equal(read_video(survived.path)[0], one_worker["keyframes"])
-    assert {rank.pid for group in engine.pool.health() for rank in group.ranks} == ranks
+    assert set(_rank_pids(engine)) == ranks
     assert len(piece_workers("DEAD")) == ended + 1  # the one killed, not its replacement too
 
 
 def test_render_survives_a_killed_worker_with_identical_output(engine, one_worker, tmp_path):
     """Last in this module: it costs the engine a group rebuild."""
     engine.wait_for_pool()
-    victim, killed = [rank.pid for group in engine.pool.health() for rank in group.ranks][0], []
+    victim, killed = _rank_pids(engine)[0], []
 
     def kill_once_segments_are_due(progress):  # mid-render by construction, not by a timer
         if not killed and progress.keyframes_done == progress.keyframes_total:
@@ -272,5 +276,5 @@ def test_render_survives_a_killed_worker_with_identical_output(engine, one_worke
     survived = engine.render(RenderRequest(mode="bridge", **SAME), tmp_path / "killed.mp4",
                              on_progress=kill_once_segments_are_due)
     assert len(killed) == 1 and killed[0] >= 2
-    assert victim not in [rank.pid for group in engine.pool.health() for rank in group.ranks]
+    assert victim not in _rank_pids(engine)
     np.testing.assert_array_equal(read_video(survived.path)[0], one_worker["bridge"])
